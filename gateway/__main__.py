@@ -1,0 +1,5 @@
+"""`python -m gateway` is the `savepoint` command."""
+
+from gateway.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,101 @@
+"""The composition root: the one place that builds the application from a loaded policy.
+
+Stores, provider clients, the in-process mock, the access log and the pipeline are created
+here and nowhere else; each resource is opened and closed as a pair in a cleanup context.
+Nothing is created at import time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import TextIO
+
+from aiohttp import web
+
+from gateway.accesslog import AccessLog
+from gateway.config.schema import Policy, ProviderSpec
+from gateway.lifecycle import Drain
+from gateway.pipeline import Pipeline
+from gateway.providers.base import Provider
+from gateway.providers.openai import OpenAIProvider
+from gateway.server import ACCESS_LOG, DRAIN, PIPELINE, POLICY, STARTED_AT, STORE, add_routes
+from gateway.stores.base import Store
+from gateway.stores.redis import RedisStore
+from gateway.stores.sqlite import SqliteStore
+
+
+def build_app(policy: Policy, log_stream: TextIO | None = None) -> web.Application:
+    app = web.Application(client_max_size=policy.server.max_body_bytes)
+    providers = {name: OpenAIProvider(spec) for name, spec in policy.providers.items()}
+    drain = Drain()
+    store = build_store(policy)
+    access_log = AccessLog(log_stream)
+    app[POLICY] = policy
+    app[DRAIN] = drain
+    app[STORE] = store
+    app[ACCESS_LOG] = access_log
+    app[STARTED_AT] = int(time.time())
+    app[PIPELINE] = Pipeline(policy, providers, drain)
+    app.cleanup_ctx.append(_opened(access_log))
+    app.cleanup_ctx.append(_opened_store(store))
+    for name, spec in policy.providers.items():
+        app.cleanup_ctx.append(_started_provider(spec, providers[name]))
+    add_routes(app)
+    return app
+
+
+def build_store(policy: Policy) -> Store:
+    if policy.store.kind == "redis":
+        return RedisStore(policy.store.url)
+    return SqliteStore(policy.store.path)
+
+
+def _opened(access_log: AccessLog) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        access_log.start()
+        yield
+        access_log.stop()
+
+    return ctx
+
+
+def _opened_store(store: Store) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        await store.open()
+        yield
+        await store.close()
+
+    return ctx
+
+
+def _started_provider(
+    spec: ProviderSpec, provider: OpenAIProvider
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        mock_runner = await _start_mock(spec) if spec.kind == "mock" else None
+        base_url = None
+        if mock_runner is not None:
+            host, port = mock_runner.addresses[0][:2]
+            base_url = f"http://{host}:{port}/v1"
+        await provider.start(base_url)
+        yield
+        await provider.close()
+        if mock_runner is not None:
+            await mock_runner.cleanup()
+
+    return ctx
+
+
+async def _start_mock(spec: ProviderSpec) -> web.AppRunner:
+    """The built-in mock, served in this process on an ephemeral loopback port, so the `mock`
+    provider goes through exactly the same HTTP path as a real one."""
+    from gateway.mock import Knobs, build_mock_app, parse_knob_header
+
+    runner = web.AppRunner(build_mock_app(parse_knob_header(spec.mock, Knobs())), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner
+
+
+__all__ = ["Provider", "build_app"]

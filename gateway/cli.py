@@ -1,0 +1,174 @@
+"""`savepoint serve | check | mock`: parses arguments and hands over; nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import ipaddress
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from gateway import __version__
+from gateway.config import Policy, PolicyError, load_policy
+
+DEFAULT_POLICY = "policies/default.yaml"
+# The same file, shipped inside the package, for `savepoint serve` run outside a checkout.
+BUILTIN_POLICY = os.path.join(os.path.dirname(__file__), "default_policy.yaml")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="savepoint", description="Savepoint LLM gateway")
+    parser.add_argument("--version", action="version", version=f"savepoint {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument(
+        "--policy",
+        help=f"policy file (default: {DEFAULT_POLICY} if it exists, else the built-in default)",
+    )
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    )
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    serve.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="allow listening on a non-loopback address with no clients (authentication off)",
+    )
+
+    check = commands.add_parser("check", help="validate policy files")
+    check.add_argument("files", nargs="+", metavar="FILE")
+
+    from gateway.mock import add_knob_arguments
+
+    mock = commands.add_parser("mock", help="run the fake OpenAI-compatible provider")
+    mock.add_argument("--host", default="127.0.0.1")
+    mock.add_argument("--port", type=int, default=8090, help="port to listen on (default 8090)")
+    add_knob_arguments(mock)
+
+    args = parser.parse_args(argv)
+    if args.command == "check":
+        return _check(args.files)
+    if args.command == "mock":
+        return _mock(args)
+    return _serve(args)
+
+
+def _fail(message: str) -> int:
+    print(f"savepoint: {message}", file=sys.stderr)
+    return 1
+
+
+def _check(files: Sequence[str]) -> int:
+    failed = False
+    for path in files:
+        try:
+            policy = load_policy(path, os.environ)
+        except PolicyError as e:
+            print(str(e), file=sys.stderr)
+            failed = True
+            continue
+        off = "".join(f"; provider {p} off: {why}" for p, why in policy.disabled_providers.items())
+        print(f"{path}: ok ({len(policy.models)} models, {len(policy.clients)} clients{off})")
+    return 1 if failed else 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    if args.policy is None:
+        args.policy = DEFAULT_POLICY if os.path.exists(DEFAULT_POLICY) else BUILTIN_POLICY
+    try:
+        policy = load_policy(args.policy, os.environ)
+    except PolicyError as e:
+        for problem in str(e).splitlines():
+            _fail(problem)
+        return 1
+    if not policy.auth_enabled and not _is_loopback(args.host) and not args.insecure_no_auth:
+        return _fail(
+            f"refusing to listen on {args.host}: the policy has no clients, so authentication is "
+            "off and anyone could use your providers. Add `clients:` to the policy, or pass "
+            "--insecure-no-auth if that is really what you want."
+        )
+    _use_uvloop()
+    try:
+        return asyncio.run(_run_gateway(policy, args.host, args.port))
+    except KeyboardInterrupt:
+        return 0
+
+
+async def _run_gateway(policy: Policy, host: str, port: int) -> int:
+    from gateway.app import build_app
+    from gateway.server import DRAIN, STORE
+
+    app = build_app(policy)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        handler_cancellation=True,  # a client that goes away stops its upstream spend
+        shutdown_timeout=policy.server.drain_timeout + 10,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=2048)
+    try:
+        await site.start()
+    except OSError as e:
+        await runner.cleanup()
+        if e.errno == errno.EADDRINUSE:
+            return _fail(f"cannot listen on {host}:{port}: the port is already in use (use --port)")
+        return _fail(f"cannot listen on {host}:{port}: {e.strerror}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    off = "".join(f"; provider {p} off: {why}" for p, why in policy.disabled_providers.items())
+    auth = "auth on" if policy.auth_enabled else "auth off"
+    print(
+        f"savepoint {__version__} listening on http://{_url_host(host)}:{port}/v1 "
+        f"(policy {policy.source}, store {app[STORE].describe()}, {auth}{off})",
+        flush=True,
+    )
+    await stop.wait()
+    print("savepoint: draining in-flight requests", file=sys.stderr, flush=True)
+    await site.stop()  # stop accepting; keep serving what is in flight
+    await app[DRAIN].run(policy.server.drain_timeout)
+    await runner.cleanup()
+    return 0
+
+
+def _mock(args: argparse.Namespace) -> int:
+    from gateway.mock import build_mock_app, knobs_from_args
+
+    _use_uvloop()
+    app = build_mock_app(knobs_from_args(args))
+    print(f"savepoint mock listening on http://{_url_host(args.host)}:{args.port}/v1", flush=True)
+    try:
+        web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)
+    except OSError as e:
+        return _fail(f"cannot listen on {args.host}:{args.port}: {e.strerror}")
+    return 0
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _use_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

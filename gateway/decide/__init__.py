@@ -1,0 +1,1 @@
+"""Pure decisions: plain functions over values. No I/O, no clock, no event loop."""

@@ -1,0 +1,58 @@
+"""Token usage as the upstream reported it, read from a body or a stream event."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from gateway.model import Endpoint, Usage
+
+
+def usage_from_body(body: Any) -> Usage | None:
+    """Usage of a parsed non-streamed answer (chat, completions, embeddings, Responses)."""
+    return _usage(body.get("usage")) if isinstance(body, dict) else None
+
+
+def usage_from_event(endpoint: Endpoint, event: bytes) -> Usage | None:
+    """Usage carried by one SSE event, if any (chat: the include_usage chunk; Responses: the
+    terminal event's `response.usage`)."""
+    if b'"usage":{' not in event and b'"usage": {' not in event:
+        return None
+    for line in event.split(b"\n"):
+        if line.startswith(b"data:"):
+            try:
+                obj = orjson.loads(line[5:])
+            except orjson.JSONDecodeError:
+                return None
+            if not isinstance(obj, dict):
+                return None
+            if endpoint.typed_events:
+                response = obj.get("response")
+                return _usage(response.get("usage")) if isinstance(response, dict) else None
+            return _usage(obj.get("usage"))
+    return None
+
+
+def _usage(raw: Any) -> Usage | None:
+    if not isinstance(raw, dict):
+        return None
+    prompt = _int(raw.get("prompt_tokens", raw.get("input_tokens")))
+    completion = _int(raw.get("completion_tokens", raw.get("output_tokens")))
+    prompt_details = raw.get("prompt_tokens_details") or raw.get("input_tokens_details") or {}
+    output_details = raw.get("completion_tokens_details") or raw.get("output_tokens_details") or {}
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=_int(raw.get("total_tokens")) or prompt + completion,
+        cached_tokens=_int(prompt_details.get("cached_tokens"))
+        if isinstance(prompt_details, dict)
+        else 0,
+        reasoning_tokens=_int(output_details.get("reasoning_tokens"))
+        if isinstance(output_details, dict)
+        else 0,
+    )
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0

@@ -1,0 +1,68 @@
+"""Graceful drain: the state shared by the server (stop accepting) and the pipeline.
+
+On SIGTERM/SIGINT the gateway stops accepting connections, /readyz turns 503, and in-flight
+requests get `server.drain_timeout` to finish. When it passes, the requests still running are
+ended with an error the client can read: a stream that has started gets an error event
+(its upstream read is aborted), any other request is cancelled and the pipeline, seeing
+`expired`, answers 503. Nothing is cut without an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from gateway.errors import GatewayUnavailable
+from gateway.providers.base import EventStream
+
+_SHUTDOWN = "the gateway is shutting down and its drain deadline passed; retry the request"
+
+
+class Drain:
+    def __init__(self) -> None:
+        self.draining = False
+        self.expired = False
+        # in-flight request task -> its upstream stream once it has committed one
+        self._tasks: dict[asyncio.Task[object], EventStream | None] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks[task] = None
+            self._idle.clear()
+
+    def streaming(self, stream: EventStream) -> None:
+        """The current request has committed a stream: at expiry, end it with an error event
+        rather than cancelling it."""
+        task = asyncio.current_task()
+        if task in self._tasks:
+            self._tasks[task] = stream
+
+    def leave(self) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.pop(task, None)
+        if not self._tasks:
+            self._idle.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def run(self, deadline: float) -> None:
+        """Wait for in-flight requests; after `deadline` seconds, end the rest with an error
+        and give them a moment to write it."""
+        self.draining = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), deadline)
+        except TimeoutError:
+            self.expired = True
+            for task, stream in list(self._tasks.items()):
+                if stream is not None:
+                    stream.abort(GatewayUnavailable(_SHUTDOWN))
+                else:
+                    task.cancel()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), 5.0)

@@ -1,0 +1,76 @@
+"""The fixed order of stages every generation request goes through.
+
+    authenticate -> parse -> resolve policy -> [admit] -> [cache / idempotency] -> dispatch
+
+Stages in brackets arrive with later issues (limits and budgets; the store, cache and replay);
+they slot in at the marked lines. A stage ends a request early by raising a
+`SavepointError` (rendered once, by the server) or by replying itself. What happened is
+recorded on the request's `Trace`, which the access log writes once the request is over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+from gateway.config.schema import Policy
+from gateway.decide.auth import authenticate
+from gateway.decide.calls import parse_call
+from gateway.decide.routing import resolve_model
+from gateway.downstream import Downstream
+from gateway.errors import GatewayUnavailable
+from gateway.lifecycle import Drain
+from gateway.model import Endpoint, Principal, Trace
+from gateway.providers.base import Provider
+from gateway.stages.dispatch import dispatch
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A generation request as the server hands it over; the body is read after auth."""
+
+    endpoint: Endpoint
+    api_key: str | None
+    read_timeout: str | None
+    read_body: Callable[[], Awaitable[bytes]]
+
+
+class Pipeline:
+    def __init__(self, policy: Policy, providers: Mapping[str, Provider], drain: Drain):
+        self._policy = policy
+        self._providers = providers
+        self._drain = drain
+        self._clients = {
+            key_hash: Principal(client.name, client.models)
+            for client in policy.clients.values()
+            for key_hash in client.key_hashes
+        }
+
+    def authenticate(self, api_key: str | None) -> Principal:
+        """Stage 1 alone, for the routes that are not generation calls (GET /v1/models)."""
+        return authenticate(self._clients, api_key)
+
+    async def run(self, inbound: Inbound, downstream: Downstream, trace: Trace) -> None:
+        self._drain.enter()
+        try:
+            principal = authenticate(self._clients, inbound.api_key)
+            trace.client = principal.name
+            raw = await inbound.read_body()
+            call = parse_call(inbound.endpoint, raw, inbound.read_timeout)
+            trace.model, trace.stream = call.model, call.stream
+            spec = resolve_model(self._policy, principal, call.model)
+            # admit: rate limits, budgets, loop guard (issue 5)
+            # cache / idempotency / run journal (issue 4)
+            await dispatch(self._providers, spec, call, raw, trace, downstream, self._drain)
+        except asyncio.CancelledError:
+            if not self._drain.expired or downstream.committed:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()  # we answer instead of dying; the cancellation was ours
+            raise GatewayUnavailable(
+                "the gateway is shutting down and its drain deadline passed; retry the request"
+            ) from None
+        finally:
+            self._drain.leave()

@@ -1,0 +1,1 @@
+"""Upstream model providers, each behind the one `Provider.send` seam."""

@@ -1,0 +1,254 @@
+"""Any OpenAI-compatible HTTP API, over one pooled keep-alive aiohttp session per provider.
+
+Owns: the upstream URL and credentials (never sent anywhere else, never logged), the four
+timeouts, SSE framing of streams, and the translation of aiohttp/OS errors into ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+
+import aiohttp
+
+from gateway.config.schema import ProviderSpec
+from gateway.errors import (
+    SavepointError,
+    UpstreamBadResponse,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+from gateway.providers.base import UpstreamReply, UpstreamRequest
+from gateway.providers.sse import Framer, is_malformed, is_terminal
+
+# Upstream response headers a client may care about. Provider rate-limit headers describe the
+# provider account, not the client's limits, so they are not passed on.
+_PASSED_HEADERS = ("x-request-id", "retry-after", "retry-after-ms", "openai-processing-ms")
+
+
+class OpenAIProvider:
+    def __init__(self, spec: ProviderSpec):
+        self.name = spec.name
+        self._spec = spec
+        self._base_url = spec.base_url
+        headers = {"Content-Type": "application/json", **spec.headers}
+        if spec.api_key is not None:
+            headers["Authorization"] = f"Bearer {spec.api_key.reveal()}"
+        self._headers = headers
+        self._secret = spec.api_key.reveal().encode() if spec.api_key is not None else b""
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self, base_url: str | None = None) -> None:
+        """Open the connection pool; `base_url` overrides the policy's (the in-process mock
+        learns its port only once it listens)."""
+        if base_url is not None:
+            self._base_url = base_url
+        connector = aiohttp.TCPConnector(
+            limit=self._spec.max_connections, ttl_dns_cache=300, enable_cleanup_closed=True
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None),
+            auto_decompress=True,
+            skip_auto_headers=("User-Agent",),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def scrub(self, body: bytes) -> bytes:
+        """An upstream error body with our own provider key blanked out, should it echo it."""
+        return body.replace(self._secret, b"***") if self._secret and self._secret in body else body
+
+    async def send(self, request: UpstreamRequest) -> UpstreamReply:
+        assert self._session is not None, "provider used before start()"
+        t = request.timeouts
+        started = time.monotonic()
+        deadline = started + t.total
+        first_byte_by = min(deadline, started + t.first_byte) if request.stream else deadline
+        headers = {**self._headers, "X-Client-Request-Id": request.request_id}
+        if request.stream:
+            headers["Accept"] = "text/event-stream"
+        response: aiohttp.ClientResponse | None = None
+        try:
+            async with asyncio.timeout_at(_loop_time(first_byte_by)):
+                response = await self._session.post(
+                    self._base_url + request.endpoint.path,
+                    data=request.body,
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=t.connect),
+                )
+                passed = _passed_headers(response.headers)
+                if not request.stream or response.status != 200:
+                    body = await response.read()
+                    response.release()
+                    return UpstreamReply(response.status, passed, body)
+                stream = _Stream(
+                    self.name, response, request.endpoint.typed_events, t.idle, deadline
+                )
+                first = await stream.next_batch()
+                if not first:
+                    raise UpstreamBadResponse(
+                        f"provider `{self.name}` ended the stream with no event"
+                    )
+                return UpstreamReply(200, passed, first_events=tuple(first), events=stream)
+        # aiohttp's connect timeout is a TimeoutError too: match ClientError first
+        except aiohttp.ClientError as e:
+            _close(response)
+            raise _translate(self.name, e, t.connect) from None
+        except TimeoutError:
+            _close(response)
+            if request.stream and first_byte_by < deadline:
+                raise UpstreamTimeout(
+                    f"provider `{self.name}` sent no first token within {t.first_byte:g}s "
+                    "(timeouts.first_byte)",
+                    code="first_byte_timeout",
+                ) from None
+            raise UpstreamTimeout(
+                f"provider `{self.name}` did not answer within {t.total:g}s (timeouts.total)",
+                code="deadline_exceeded",
+            ) from None
+        except BaseException:
+            _close(response)
+            raise
+
+
+class _Stream:
+    """The rest of one upstream stream (implements `EventStream`)."""
+
+    __slots__ = (
+        "_abort",
+        "_deadline",
+        "_done",
+        "_framer",
+        "_idle",
+        "_provider",
+        "_response",
+        "_typed",
+    )
+
+    def __init__(
+        self,
+        provider: str,
+        response: aiohttp.ClientResponse,
+        typed: bool,
+        idle: float,
+        deadline: float,
+    ):
+        self._provider = provider
+        self._response = response
+        self._typed = typed
+        self._idle = idle
+        self._deadline = deadline
+        self._framer = Framer()
+        self._done = False
+        self._abort: SavepointError | None = None
+
+    async def next_batch(self) -> list[bytes]:
+        while not self._done:
+            if self._abort is not None:
+                raise self._abort
+            now = time.monotonic()
+            idle_by = now + self._idle
+            by = min(idle_by, self._deadline)
+            try:
+                async with asyncio.timeout_at(_loop_time(by)):
+                    data = await self._response.content.readany()
+            except TimeoutError:
+                self.close()
+                if self._abort is not None:
+                    raise self._abort from None
+                if by < self._deadline:
+                    raise UpstreamTimeout(
+                        f"provider `{self._provider}` sent nothing for {self._idle:g}s in the "
+                        "middle of a stream (timeouts.idle)",
+                        code="idle_timeout",
+                    ) from None
+                raise UpstreamTimeout(
+                    f"provider `{self._provider}` did not finish the stream in time "
+                    "(timeouts.total)",
+                    code="deadline_exceeded",
+                ) from None
+            except aiohttp.ClientError as e:
+                self.close()
+                if self._abort is not None:
+                    raise self._abort from None
+                raise UpstreamBadResponse(
+                    f"provider `{self._provider}` broke the stream off: {type(e).__name__}",
+                    code="upstream_stream_cut",
+                ) from None
+            if not data:
+                self.close()
+                if self._abort is not None:
+                    raise self._abort
+                raise UpstreamBadResponse(
+                    f"provider `{self._provider}` ended the stream without its final event",
+                    code="upstream_stream_truncated",
+                )
+            events = self._framer.feed(data)
+            for i, event in enumerate(events):
+                if is_malformed(event):
+                    # Hand out the good events first; the next call reports the bad one.
+                    self._abort = UpstreamBadResponse(
+                        f"provider `{self._provider}` sent a stream event that is not JSON",
+                        code="upstream_bad_response",
+                    )
+                    self.close()
+                    if i:
+                        return events[:i]
+                    raise self._abort
+                if is_terminal(event, self._typed):
+                    self._done = True
+                    self.close()
+                    return events[: i + 1]
+            if events:
+                return events
+        return []
+
+    def abort(self, reason: SavepointError) -> None:
+        self._abort = reason
+        self._response.close()
+
+    def close(self) -> None:
+        if self._done:
+            self._response.release()
+        else:
+            self._response.close()
+
+
+def _loop_time(monotonic_deadline: float) -> float:
+    loop = asyncio.get_running_loop()
+    return loop.time() + (monotonic_deadline - time.monotonic())
+
+
+def _passed_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {name: value for name in _PASSED_HEADERS if (value := headers.get(name)) is not None}
+
+
+def _close(response: aiohttp.ClientResponse | None) -> None:
+    if response is not None:
+        response.close()
+
+
+def _translate(provider: str, error: aiohttp.ClientError, connect_timeout: float) -> UpstreamError:
+    if isinstance(error, aiohttp.ConnectionTimeoutError):
+        return UpstreamTimeout(
+            f"could not connect to provider `{provider}` within {connect_timeout:g}s "
+            "(timeouts.connect)",
+            code="connect_timeout",
+        )
+    if isinstance(error, aiohttp.ClientConnectorError):
+        return UpstreamUnreachable(
+            f"cannot connect to provider `{provider}` at {error.host}:{error.port}: "
+            f"{error.os_error.strerror or type(error.os_error).__name__}"
+        )
+    if isinstance(error, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+        return UpstreamBadResponse(
+            f"provider `{provider}` closed the connection before the answer was complete",
+            code="upstream_disconnected",
+        )
+    return UpstreamUnreachable(f"provider `{provider}` failed: {type(error).__name__}")

@@ -1,0 +1,269 @@
+"""HTTP in and out: routes, JSON and SSE replies, and the one place errors become responses.
+
+`errors_and_access_log` is the only middleware. It gives every request a `Trace` and a
+request id, renders every `SavepointError` (and aiohttp's own 404/405/413) as an
+OpenAI-shaped error, and writes the access-log line when the request is over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
+
+from aiohttp import web
+
+from gateway.accesslog import AccessLog
+from gateway.config.schema import Policy
+from gateway.decide.auth import key_from_headers
+from gateway.decide.routing import may_use, visible_models
+from gateway.errors import (
+    ClientDisconnected,
+    GatewayUnavailable,
+    MethodNotAllowed,
+    ModelNotFound,
+    PayloadTooLarge,
+    RouteNotFound,
+    SavepointError,
+    UnsupportedMediaType,
+    error_body,
+    shape_of,
+    stream_error_event,
+)
+from gateway.lifecycle import Drain
+from gateway.model import Endpoint, Trace
+from gateway.pipeline import Inbound, Pipeline
+from gateway.stores.base import Store, StoreUnavailable
+
+log = logging.getLogger("savepoint")
+
+POLICY = web.AppKey("policy", Policy)
+PIPELINE = web.AppKey("pipeline", Pipeline)
+DRAIN = web.AppKey("drain", Drain)
+ACCESS_LOG = web.AppKey("access_log", AccessLog)
+STORE = web.AppKey("store", Store)
+STARTED_AT = web.AppKey("started_at", int)
+TRACE = web.RequestKey("trace", Trace)
+
+_PROBES = frozenset(("/healthz", "/readyz"))
+_ROUTES = (
+    "POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses; GET /v1/models"
+)
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def add_routes(app: web.Application) -> None:
+    for endpoint in Endpoint:
+        app.router.add_post("/v1" + endpoint.path, partial(generation, endpoint))
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{model}", get_model)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.middlewares.append(errors_and_access_log)
+
+
+@web.middleware
+async def errors_and_access_log(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    if request.path in _PROBES:
+        return await handler(request)
+    trace = Trace(uuid.uuid4().hex, request.method, request.path, time.monotonic())
+    request[TRACE] = trace
+    try:
+        response = await handler(request)
+        if not trace.status:
+            trace.status = response.status
+        return response
+    except SavepointError as error:
+        return _render(error, trace)
+    except web.HTTPException as exc:
+        return _render(_from_http_exception(request, exc), trace, exc.headers)
+    except ClientDisconnected:
+        trace.status = 499
+        return web.Response(status=499)
+    except asyncio.CancelledError:
+        trace.status = 499  # the client went away; aiohttp cancelled the handler
+        raise
+    except Exception:
+        log.exception("internal error on %s %s (request %s)", request.method, request.path,
+                      trace.request_id)  # fmt: skip
+        trace.status, trace.error_code = 500, "internal_error"
+        body = b'{"error":{"message":"internal gateway error; see the gateway log","type":' \
+               b'"server_error","param":null,"code":"internal_error"}}'  # fmt: skip
+        return web.Response(status=500, body=body, content_type="application/json")
+    finally:
+        request.app[ACCESS_LOG].write(trace, time.monotonic())
+
+
+def _render(
+    error: SavepointError, trace: Trace, extra: Mapping[str, str] | None = None
+) -> web.Response:
+    shape = shape_of(error)
+    trace.status, trace.error_code = shape.status, shape.code
+    headers = {"x-request-id": trace.request_id, "Content-Type": "application/json"}
+    if extra and "Allow" in extra:
+        headers["Allow"] = extra["Allow"]
+    return web.Response(status=shape.status, body=error_body(error), headers=headers)
+
+
+def _from_http_exception(request: web.Request, exc: web.HTTPException) -> SavepointError:
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return MethodNotAllowed(f"{request.method} is not allowed on {request.path}; use {allowed}")
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return _too_large(request)
+    if isinstance(exc, web.HTTPNotFound):
+        return RouteNotFound(
+            f"unknown URL {request.method} {request.path}; this gateway serves {_ROUTES}"
+        )
+    return SavepointError(exc.text or exc.reason, code="http_error")
+
+
+def _too_large(request: web.Request) -> PayloadTooLarge:
+    limit = request.app[POLICY].server.max_body_bytes
+    return PayloadTooLarge(
+        f"the request body is larger than this gateway accepts ({limit} bytes, "
+        "server.max_body_bytes in the policy)"
+    )
+
+
+async def generation(endpoint: Endpoint, request: web.Request) -> web.StreamResponse:
+    downstream = AiohttpDownstream(request)
+    inbound = Inbound(
+        endpoint=endpoint,
+        api_key=key_from_headers(
+            request.headers.get("Authorization"), request.headers.get("x-api-key")
+        ),
+        read_timeout=request.headers.get("x-stainless-read-timeout"),
+        read_body=partial(_read_body, request),
+    )
+    trace = request[TRACE]
+    try:
+        await request.app[PIPELINE].run(inbound, downstream, trace)
+    except Exception as error:
+        if not downstream.committed or isinstance(error, ClientDisconnected):
+            raise
+        # A bug after the commit point: the status is already 200, so end the stream honestly.
+        log.exception("internal error in a stream (request %s)", trace.request_id)
+        trace.error_code = "internal_error"
+        internal = SavepointError(
+            "internal gateway error; see the gateway log", code="internal_error"
+        )
+        await downstream.write(stream_error_event(internal, endpoint.typed_events))
+        await downstream.finish()
+    return downstream.response
+
+
+async def _read_body(request: web.Request) -> bytes:
+    content_type = request.headers.get("Content-Type")
+    if content_type:
+        mime = content_type.partition(";")[0].strip().lower()
+        if mime != "application/json" and not mime.endswith("+json"):
+            raise UnsupportedMediaType(
+                f"the request body must be JSON (Content-Type: application/json), got {mime}"
+            )
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise _too_large(request) from None
+
+
+class AiohttpDownstream:
+    """`Downstream` over one aiohttp request."""
+
+    __slots__ = ("_request", "_response", "_stream")
+
+    def __init__(self, request: web.Request):
+        self._request = request
+        self._response: web.StreamResponse | None = None
+        self._stream: web.StreamResponse | None = None
+
+    @property
+    def committed(self) -> bool:
+        return self._stream is not None
+
+    @property
+    def response(self) -> web.StreamResponse:
+        assert self._response is not None, "the pipeline ended without a reply"
+        return self._response
+
+    async def reply(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        self._response = web.Response(status=status, body=body, headers=headers)
+
+    async def commit(self, headers: Mapping[str, str]) -> None:
+        stream = web.StreamResponse(status=200, headers=headers)
+        self._stream = self._response = stream
+        try:
+            await stream.prepare(self._request)
+        except (ConnectionError, RuntimeError) as e:
+            raise ClientDisconnected() from e
+
+    async def write(self, data: bytes) -> None:
+        assert self._stream is not None
+        try:
+            await self._stream.write(data)
+        except (ConnectionError, RuntimeError) as e:
+            raise ClientDisconnected() from e
+
+    async def finish(self) -> None:
+        assert self._stream is not None
+        try:
+            await self._stream.write_eof()
+        except (ConnectionError, RuntimeError) as e:
+            raise ClientDisconnected() from e
+
+
+async def list_models(request: web.Request) -> web.Response:
+    policy, principal = request.app[POLICY], _principal(request)
+    created = request.app[STARTED_AT]
+    data = [_model_object(m.name, m.owned_by, created) for m in visible_models(policy, principal)]
+    request[TRACE].client = principal.name
+    return web.json_response({"object": "list", "data": data}, headers=_id(request))
+
+
+async def get_model(request: web.Request) -> web.Response:
+    policy, principal = request.app[POLICY], _principal(request)
+    name = request.match_info["model"]
+    request[TRACE].client, request[TRACE].model = principal.name, name
+    spec = policy.models.get(name)
+    if spec is None or not may_use(principal, name):
+        raise ModelNotFound(
+            f"the model `{name}` does not exist or you may not use it", param="model"
+        )
+    body = _model_object(name, spec.owned_by, request.app[STARTED_AT])
+    return web.json_response(body, headers=_id(request))
+
+
+def _principal(request: web.Request):  # type: ignore[no-untyped-def]
+    key = key_from_headers(request.headers.get("Authorization"), request.headers.get("x-api-key"))
+    return request.app[PIPELINE].authenticate(key)
+
+
+def _model_object(name: str, owned_by: str, created: int) -> dict[str, object]:
+    return {"id": name, "object": "model", "created": created, "owned_by": owned_by}
+
+
+def _id(request: web.Request) -> dict[str, str]:
+    return {"x-request-id": request[TRACE].request_id}
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """503 while draining (so load balancers stop sending); the store's state is reported
+    but does not make the gateway unready: it keeps serving without its store."""
+    if request.app[DRAIN].draining:
+        return web.json_response({"status": "draining"}, status=503)
+    try:
+        await request.app[STORE].ping()
+        store = "ok"
+    except StoreUnavailable as e:
+        store = f"unavailable: {e}"
+    return web.json_response({"status": "ready", "store": store})
+
+
+__all__ = ["GatewayUnavailable", "add_routes"]

@@ -1,0 +1,29 @@
+"""The store seam. Every shared or durable state goes through a `Store`.
+
+Implementations translate their library's exceptions into `StoreUnavailable`, and never block
+the event loop (SQLite runs in a worker thread; Redis uses redis.asyncio). This issue's gateway
+only opens the store and checks it for /readyz; the cache, idempotency records, run journals,
+limits and the usage ledger add their operations here.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached or used right now."""
+
+
+class Store(Protocol):
+    def describe(self) -> str:
+        """One line for the start banner, e.g. `sqlite .savepoint/savepoint.db`."""
+        ...
+
+    async def open(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raises `StoreUnavailable` if the store cannot serve requests."""
+        ...
+
+    async def close(self) -> None: ...

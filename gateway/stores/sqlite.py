@@ -1,0 +1,54 @@
+"""The embedded store: one SQLite file in WAL mode, used only from a worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+
+from gateway.stores.base import StoreUnavailable
+
+
+class SqliteStore:
+    def __init__(self, path: str):
+        self._path = path
+        # One thread owns the connection: SQLite calls never run on the event loop.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="savepoint-sqlite")
+        self._db: sqlite3.Connection | None = None
+
+    def describe(self) -> str:
+        return f"sqlite {self._path}"
+
+    async def open(self) -> None:
+        await self._run(self._open)
+
+    def _open(self) -> None:
+        directory = os.path.dirname(self._path)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        self._db = db
+
+    async def ping(self) -> None:
+        await self._run(self._ping)
+
+    def _ping(self) -> None:
+        if self._db is None:
+            raise StoreUnavailable("the SQLite store is not open")
+        self._db.execute("SELECT 1").fetchone()
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._run(self._db.close)
+            self._db = None
+        self._executor.shutdown(wait=False)
+
+    async def _run(self, fn: object) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, fn)  # type: ignore[arg-type]
+        except (sqlite3.Error, OSError) as e:
+            raise StoreUnavailable(f"SQLite store {self._path}: {e}") from None

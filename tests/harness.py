@@ -1,0 +1,202 @@
+"""Test harness: runs the gateway and the mock provider as they run in production: real
+processes (`python -m gateway ...`), real sockets, the real `openai` SDK as the client."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PROVIDER_KEY = "sk-provider-secret-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Proc:
+    """A `python -m gateway ...` child; stdout is the banner, stderr the logs."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None):
+        self.args = args
+        self._stderr = tempfile.NamedTemporaryFile(prefix="savepoint-", suffix=".log", delete=False)
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "gateway", *args],
+            cwd=ROOT,
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+        )
+
+    def wait_port(self, port: int, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"{self.args} exited {self.popen.returncode}:\n{self.stderr()}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"{self.args} did not listen on {port}:\n{self.stderr()}")
+
+    def stderr(self) -> str:
+        return Path(self._stderr.name).read_text()
+
+    def access_log(self) -> list[dict[str, Any]]:
+        lines = []
+        for line in self.stderr().splitlines():
+            if line.startswith("{"):
+                lines.append(json.loads(line))
+        return lines
+
+    def signal(self, sig: int) -> None:
+        self.popen.send_signal(sig)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        return self.popen.returncode
+
+
+class Mock:
+    def __init__(self, proc: Proc, port: int):
+        self.proc = proc
+        self.url = f"http://127.0.0.1:{port}"
+
+    def stats(self) -> dict[str, Any]:
+        return dict(httpx.get(f"{self.url}/_mock/stats").json())
+
+    def scope_count(self, scope: str) -> int:
+        return int(self.stats()["by_scope"].get(scope, 0))
+
+    def requests(self, limit: int = 200) -> list[dict[str, Any]]:
+        return list(httpx.get(f"{self.url}/_mock/requests", params={"limit": limit}).json())
+
+
+class Gateway:
+    def __init__(self, proc: Proc, port: int):
+        self.proc = proc
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.base_url = f"{self.url}/v1"
+
+    def client(self, api_key: str = "unused", **kwargs: Any) -> openai.OpenAI:
+        kwargs.setdefault("max_retries", 0)
+        return openai.OpenAI(api_key=api_key, base_url=self.base_url, **kwargs)
+
+    def async_client(self, api_key: str = "unused", **kwargs: Any) -> openai.AsyncOpenAI:
+        kwargs.setdefault("max_retries", 0)
+        return openai.AsyncOpenAI(api_key=api_key, base_url=self.base_url, **kwargs)
+
+    def log_for(self, request_id: str) -> dict[str, Any]:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            for line in self.proc.access_log():
+                if line.get("request_id") == request_id:
+                    return line
+            time.sleep(0.05)
+        raise AssertionError(f"no access log line for {request_id}")
+
+
+@pytest.fixture(scope="session")
+def mock() -> Iterator[Mock]:
+    port = free_port()
+    proc = Proc(["mock", "--port", str(port)])
+    proc.wait_port(port)
+    yield Mock(proc, port)
+    proc.stop()
+
+
+def basic_policy(mock_url: str, store: Path, extra: str = "") -> str:
+    """A gateway in front of the mock, auth off; `extra` adds YAML (e.g. `clients:`)."""
+    return f"""
+version: 1
+store: {{path: "{store}"}}
+providers:
+  up:
+    kind: openai
+    base_url: {mock_url}/v1
+    api_key: {PROVIDER_KEY}
+models:
+  gpt-test:
+    targets: [up/mock-gpt]
+  embed-test:
+    targets: [up/mock-embed]
+{extra}
+"""
+
+
+class Gateways:
+    """Starts gateways on demand (one per distinct policy) and stops them at the end."""
+
+    def __init__(self, tmp: Path, mock: Mock):
+        self._tmp = tmp
+        self.mock = mock
+        self._running: dict[tuple[str, tuple[str, ...]], Gateway] = {}
+
+    def policy_file(self, text: str) -> Path:
+        path = self._tmp / f"policy-{abs(hash(text))}.yaml"
+        path.write_text(text.replace("{mock}", self.mock.url).replace("{tmp}", str(self._tmp)))
+        return path
+
+    def start(
+        self,
+        policy: str,
+        *args: str,
+        env: dict[str, str] | None = None,
+        shared: bool = True,
+    ) -> Gateway:
+        key = (policy, args)
+        if shared and key in self._running:
+            return self._running[key]
+        port = free_port()
+        path = self.policy_file(policy)
+        proc = Proc(["serve", "--policy", str(path), "--port", str(port), *args], env=env)
+        proc.wait_port(port)
+        gateway = Gateway(proc, port)
+        if shared:
+            self._running[key] = gateway
+        return gateway
+
+    def basic(self, extra: str = "") -> Gateway:
+        return self.start(basic_policy("{mock}", self._tmp / "store.db", extra))
+
+    def stop_all(self) -> None:
+        for gateway in self._running.values():
+            gateway.proc.stop()
+
+
+@pytest.fixture(scope="session")
+def gateways(mock: Mock, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
+    factory = Gateways(tmp_path_factory.mktemp("gateways"), mock)
+    yield factory
+    factory.stop_all()
+
+
+@pytest.fixture(scope="session")
+def gateway(gateways: Gateways) -> Gateway:
+    """The plain gateway: auth off, one provider (the mock)."""
+    return gateways.basic()
