@@ -16,6 +16,7 @@ from aiohttp import web
 from gateway.accesslog import AccessLog
 from gateway.config.schema import Policy, ProviderSpec
 from gateway.lifecycle import Drain
+from gateway.mock import Knobs, build_mock_app, parse_knob_header
 from gateway.pipeline import Pipeline
 from gateway.providers.base import Provider
 from gateway.providers.openai import OpenAIProvider
@@ -90,8 +91,6 @@ def _started_provider(
 async def _start_mock(spec: ProviderSpec) -> web.AppRunner:
     """The built-in mock, served in this process on an ephemeral loopback port, so the `mock`
     provider goes through exactly the same HTTP path as a real one."""
-    from gateway.mock import Knobs, build_mock_app, parse_knob_header
-
     runner = web.AppRunner(build_mock_app(parse_knob_header(spec.mock, Knobs())), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()

@@ -14,7 +14,10 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from gateway import __version__
+from gateway.app import build_app
 from gateway.config import Policy, PolicyError, load_policy
+from gateway.mock import add_knob_arguments, build_mock_app, knobs_from_args
+from gateway.server import DRAIN, STORE
 
 DEFAULT_POLICY = "policies/default.yaml"
 # The same file, shipped inside the package, for `savepoint serve` run outside a checkout.
@@ -43,8 +46,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     check = commands.add_parser("check", help="validate policy files")
     check.add_argument("files", nargs="+", metavar="FILE")
-
-    from gateway.mock import add_knob_arguments
 
     mock = commands.add_parser("mock", help="run the fake OpenAI-compatible provider")
     mock.add_argument("--host", default="127.0.0.1")
@@ -101,9 +102,6 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 async def _run_gateway(policy: Policy, host: str, port: int) -> int:
-    from gateway.app import build_app
-    from gateway.server import DRAIN, STORE
-
     app = build_app(policy)
     runner = web.AppRunner(
         app,
@@ -141,8 +139,6 @@ async def _run_gateway(policy: Policy, host: str, port: int) -> int:
 
 
 def _mock(args: argparse.Namespace) -> int:
-    from gateway.mock import build_mock_app, knobs_from_args
-
     _use_uvloop()
     app = build_mock_app(knobs_from_args(args))
     print(f"savepoint mock listening on http://{_url_host(args.host)}:{args.port}/v1", flush=True)

@@ -34,16 +34,19 @@ class Proc:
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None):
         self.args = args
-        self._stderr = tempfile.NamedTemporaryFile(prefix="savepoint-", suffix=".log", delete=False)
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        fd, self._stderr_path = tempfile.mkstemp(prefix="savepoint-", suffix=".log")
+        # asyncio debug mode logs every callback that holds the event loop for more than
+        # 100 ms ("Executing ... took 0.2 seconds"): `loop_stalls` turns those into failures.
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONASYNCIODEBUG": "1", **(env or {})}
         self.popen = subprocess.Popen(
             [sys.executable, "-m", "gateway", *args],
             cwd=ROOT,
             env=full_env,
             stdout=subprocess.PIPE,
-            stderr=self._stderr,
+            stderr=fd,
             text=True,
         )
+        os.close(fd)
 
     def wait_port(self, port: int, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
@@ -58,7 +61,7 @@ class Proc:
         raise RuntimeError(f"{self.args} did not listen on {port}:\n{self.stderr()}")
 
     def stderr(self) -> str:
-        return Path(self._stderr.name).read_text()
+        return Path(self._stderr_path).read_text()
 
     def access_log(self) -> list[dict[str, Any]]:
         lines = []
@@ -66,6 +69,10 @@ class Proc:
             if line.startswith("{"):
                 lines.append(json.loads(line))
         return lines
+
+    def loop_stalls(self) -> list[str]:
+        """Lines where asyncio reported a blocking call on the event loop."""
+        return [line for line in self.stderr().splitlines() if line.startswith("Executing <")]
 
     def signal(self, sig: int) -> None:
         self.popen.send_signal(sig)
@@ -184,16 +191,21 @@ class Gateways:
     def basic(self, extra: str = "") -> Gateway:
         return self.start(basic_policy("{mock}", self._tmp / "store.db", extra))
 
-    def stop_all(self) -> None:
+    def stop_all(self) -> list[str]:
+        """Stop every shared gateway; returns the event-loop stalls they reported."""
+        stalls = []
         for gateway in self._running.values():
             gateway.proc.stop()
+            stalls += gateway.proc.loop_stalls()
+        return stalls
 
 
 @pytest.fixture(scope="session")
 def gateways(mock: Mock, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
     factory = Gateways(tmp_path_factory.mktemp("gateways"), mock)
     yield factory
-    factory.stop_all()
+    stalls = factory.stop_all()
+    assert stalls == [], "blocking calls held the gateway's event loop:\n" + "\n".join(stalls)
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,9 @@ clients:
 
 
 def test_missing_key_is_401_missing_api_key(secured: Gateway) -> None:
-    r = httpx.post(f"{secured.base_url}/chat/completions", json={"model": "gpt-test", "messages": USER})
+    r = httpx.post(
+        f"{secured.base_url}/chat/completions", json={"model": "gpt-test", "messages": USER}
+    )
     assert r.status_code == 401
     assert r.json()["error"]["code"] == "missing_api_key"
 
@@ -40,7 +42,8 @@ def test_missing_key_is_401_missing_api_key(secured: Gateway) -> None:
 def test_wrong_key_is_an_authentication_error_that_does_not_echo_the_key(secured: Gateway) -> None:
     with pytest.raises(openai.AuthenticationError) as caught:
         secured.client(api_key="sk-wrong-key-0000000000").chat.completions.create(
-            model="gpt-test", messages=USER  # type: ignore[arg-type]
+            model="gpt-test",
+            messages=USER,  # type: ignore[arg-type]
         )
     assert caught.value.code == "invalid_api_key"
     assert "sk-wrong-key-0000000000" not in caught.value.message
@@ -48,7 +51,8 @@ def test_wrong_key_is_an_authentication_error_that_does_not_echo_the_key(secured
 
 def test_client_uses_its_allowed_model(secured: Gateway) -> None:
     raw = secured.client(api_key=ALICE_KEY).chat.completions.with_raw_response.create(
-        model="gpt-test", messages=USER  # type: ignore[arg-type]
+        model="gpt-test",
+        messages=USER,  # type: ignore[arg-type]
     )
     assert raw.parse().choices[0].message.content
     line = secured.log_for(raw.headers["x-savepoint-request-id"])
@@ -85,5 +89,7 @@ def test_key_from_env_var_and_x_api_key_header_work(secured: Gateway) -> None:
 
 
 def test_with_auth_off_any_key_works(gateway: Gateway) -> None:
-    reply = gateway.client(api_key="anything").chat.completions.create(model="gpt-test", messages=USER)  # type: ignore[arg-type]
+    reply = gateway.client(api_key="anything").chat.completions.create(
+        model="gpt-test", messages=USER
+    )  # type: ignore[arg-type]
     assert reply.choices[0].message.content

@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 from harness import ROOT, Gateways, Proc, free_port
 
-SHIPPED = sorted(glob.glob(str(ROOT / "policies" / "*.yaml")) + glob.glob(str(ROOT / "policies" / "examples" / "*.yaml")))
+SHIPPED = sorted(
+    glob.glob(str(ROOT / "policies" / "*.yaml"))
+    + glob.glob(str(ROOT / "policies" / "examples" / "*.yaml"))
+)
 EXAMPLE_ENV = {"OPENAI_API_KEY": "sk-x", "AGENT_KEY": "sp-x", "SAVEPOINT_CI_KEY": "sp-ci"}
 
 
@@ -36,26 +39,36 @@ def test_every_shipped_policy_passes_check(policy: str) -> None:
 
 def test_default_policy_checks_without_any_key() -> None:
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
-    result = subprocess.run([sys.executable, "-m", "gateway", "check", "policies/default.yaml"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "check", "policies/default.yaml"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0
     assert "provider openai off: OPENAI_API_KEY is not set" in result.stdout
 
 
 def test_check_reports_each_problem_with_file_line_and_path(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("providers:\n  up: {kind: openai}\nmodels:\n  gpt-4o:\n    targets:\n"
-                   "      - up/gpt-4o\n      - {provider: up, timeouts: {total: fast}}\n")  # fmt: skip
+    bad.write_text(
+        "providers:\n  up: {kind: openai}\nmodels:\n  gpt-4o:\n    targets:\n"
+        "      - up/gpt-4o\n      - {provider: up, timeouts: {total: fast}}\n"
+    )
     result = _savepoint("check", str(bad))
     assert result.returncode == 1
     assert result.stderr.strip() == (
-        f'{bad}:7: models.gpt-4o.targets[1].timeouts.total: expected seconds '
+        f"{bad}:7: models.gpt-4o.targets[1].timeouts.total: expected seconds "
         '(e.g. 30, 30s, 500ms, 2m), got "fast"'
     )
 
 
 def test_serve_with_missing_policy_fails_in_one_line(tmp_path: Path) -> None:
-    result = _savepoint("serve", "--policy", str(tmp_path / "none.yaml"), "--port", str(free_port()))
+    result = _savepoint(
+        "serve", "--policy", str(tmp_path / "none.yaml"), "--port", str(free_port())
+    )
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0
     assert "cannot read the policy file" in result.stderr
@@ -65,10 +78,22 @@ def test_serve_with_missing_policy_fails_in_one_line(tmp_path: Path) -> None:
 def test_serve_with_unset_env_var_names_it(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
     result = subprocess.run(
-        [sys.executable, "-m", "gateway", "serve", "--policy", "policies/examples/openai.yaml",
-         "--port", str(free_port())],
-        cwd=ROOT, env={**env, "AGENT_KEY": "x"}, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--policy",
+            "policies/examples/openai.yaml",
+            "--port",
+            str(free_port()),
+        ],
+        cwd=ROOT,
+        env={**env, "AGENT_KEY": "x"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 1
     assert "environment variable OPENAI_API_KEY is not set" in result.stderr
     assert "Traceback" not in result.stderr
@@ -79,8 +104,9 @@ def test_serve_on_a_port_in_use_fails_in_one_line(gateways: Gateways) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        policy = gateways.policy_file("version: 1\nproviders: {m: {kind: mock}}\n"
-                                      "models: {x: {targets: [m/mock-gpt]}}\n")  # fmt: skip
+        policy = gateways.policy_file(
+            "version: 1\nproviders: {m: {kind: mock}}\nmodels: {x: {targets: [m/mock-gpt]}}\n"
+        )
         result = _savepoint("serve", "--policy", str(policy), "--port", str(port))
     assert result.returncode == 1
     assert result.stderr.strip() == (
@@ -89,21 +115,36 @@ def test_serve_on_a_port_in_use_fails_in_one_line(gateways: Gateways) -> None:
 
 
 def test_serve_without_clients_refuses_a_public_address(gateways: Gateways) -> None:
-    policy = gateways.policy_file("version: 1\nproviders: {m: {kind: mock}}\n"
-                                  "models: {x: {targets: [m/mock-gpt]}}\n")  # fmt: skip
-    result = _savepoint("serve", "--policy", str(policy), "--host", "0.0.0.0", "--port", str(free_port()))
+    policy = gateways.policy_file(
+        "version: 1\nproviders: {m: {kind: mock}}\nmodels: {x: {targets: [m/mock-gpt]}}\n"
+    )
+    result = _savepoint(
+        "serve", "--policy", str(policy), "--host", "0.0.0.0", "--port", str(free_port())
+    )
     assert result.returncode == 1
     assert "refusing to listen on 0.0.0.0" in result.stderr
     assert "--insecure-no-auth" in result.stderr
 
 
 def test_insecure_no_auth_flag_allows_it(gateways: Gateways) -> None:
-    policy = gateways.policy_file("version: 1\nproviders: {m: {kind: mock}}\n"
-                                  "models: {x: {targets: [m/mock-gpt]}}\n"
-                                  f'store: {{path: "{gateways.policy_file("x").parent}/open.db"}}\n')  # fmt: skip
+    policy = gateways.policy_file(
+        "version: 1\nproviders: {m: {kind: mock}}\n"
+        "models: {x: {targets: [m/mock-gpt]}}\n"
+        f'store: {{path: "{gateways.policy_file("x").parent}/open.db"}}\n'
+    )
     port = free_port()
-    proc = Proc(["serve", "--policy", str(policy), "--host", "0.0.0.0", "--port", str(port),
-                 "--insecure-no-auth"])  # fmt: skip
+    proc = Proc(
+        [
+            "serve",
+            "--policy",
+            str(policy),
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(port),
+            "--insecure-no-auth",
+        ]
+    )
     try:
         proc.wait_port(port)
     finally:
@@ -116,9 +157,12 @@ def test_default_policy_serves_mock_gpt_with_no_key_and_no_network(tmp_path: Pat
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve", "--port", str(port)],
-        cwd=tmp_path, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env={**env, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         banner = proc.stdout.readline()
@@ -127,11 +171,14 @@ def test_default_policy_serves_mock_gpt_with_no_key_and_no_network(tmp_path: Pat
         import openai
 
         client = openai.OpenAI(api_key="any", base_url=f"http://127.0.0.1:{port}/v1", max_retries=0)
-        reply = client.chat.completions.create(model="mock-gpt",
-                                               messages=[{"role": "user", "content": "hi"}])  # fmt: skip
+        reply = client.chat.completions.create(
+            model="mock-gpt", messages=[{"role": "user", "content": "hi"}]
+        )
         assert reply.choices[0].message.content
         with pytest.raises(openai.NotFoundError) as caught:
-            client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+            client.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+            )
         assert "OPENAI_API_KEY" in caught.value.message
         assert (tmp_path / ".savepoint" / "savepoint.db").exists()
     finally:

@@ -28,8 +28,14 @@ def test_each_error_has_one_status_and_code(
 
 def test_error_body_always_has_the_four_openai_keys() -> None:
     body = orjson.loads(errors.error_body(errors.ModelNotFound("no such model", param="model")))
-    assert body == {"error": {"message": "no such model", "type": "invalid_request_error",
-                              "param": "model", "code": "model_not_found"}}  # fmt: skip
+    assert body == {
+        "error": {
+            "message": "no such model",
+            "type": "invalid_request_error",
+            "param": "model",
+            "code": "model_not_found",
+        }
+    }
 
 
 def test_stream_error_event_is_what_openai_python_raises_on() -> None:

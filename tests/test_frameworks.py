@@ -31,7 +31,9 @@ def test_openai_agents_sdk_runs_an_agent_on_the_responses_api(gateway: Gateway, 
     async def run() -> tuple[str, int]:
         try:
             result = await Runner.run(agent, "Hello", run_config=RunConfig(tracing_disabled=True))
-            streamed = Runner.run_streamed(agent, "Hello", run_config=RunConfig(tracing_disabled=True))
+            streamed = Runner.run_streamed(
+                agent, "Hello", run_config=RunConfig(tracing_disabled=True)
+            )
             async for _ in streamed.stream_events():
                 pass
             assert streamed.final_output == result.final_output

@@ -24,14 +24,16 @@ def _provider(name: str, knobs: str, base: str = "{mock}/v1") -> str:
 
 @pytest.fixture(scope="module")
 def faulty(gateways: Gateways) -> Gateway:
-    providers = "".join([
-        _provider("up", "scope=errors-ok"),
-        _provider("rejects", "status=400;scope=errors-400"),
-        _provider("down", "status=503;retry_after=7;scope=errors-503"),
-        _provider("garbled", "malformed;scope=errors-malformed"),
-        _provider("html", "scope=errors-html", base="{mock}/not-an-api"),
-        _provider("closed", "scope=none", base=f"http://127.0.0.1:{free_port()}/v1"),
-    ])  # fmt: skip
+    providers = "".join(
+        [
+            _provider("up", "scope=errors-ok"),
+            _provider("rejects", "status=400;scope=errors-400"),
+            _provider("down", "status=503;retry_after=7;scope=errors-503"),
+            _provider("garbled", "malformed;scope=errors-malformed"),
+            _provider("html", "scope=errors-html", base="{mock}/not-an-api"),
+            _provider("closed", "scope=none", base=f"http://127.0.0.1:{free_port()}/v1"),
+        ]
+    )
     return gateways.start(f"""
 version: 1
 server: {{max_body_bytes: 4096}}
@@ -58,8 +60,11 @@ def _error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
 
 
 def test_invalid_json_is_400(faulty: Gateway) -> None:
-    r = httpx.post(f"{faulty.base_url}/chat/completions", content=b'{"model": "gpt-test",',
-                   headers={"content-type": "application/json"})  # fmt: skip
+    r = httpx.post(
+        f"{faulty.base_url}/chat/completions",
+        content=b'{"model": "gpt-test",',
+        headers={"content-type": "application/json"},
+    )
     assert "not valid JSON" in _error(r, 400, "invalid_json")["message"]
 
 
@@ -104,8 +109,11 @@ def test_body_over_the_limit_is_413_and_names_the_setting(faulty: Gateway) -> No
 
 
 def test_non_json_content_type_is_415(faulty: Gateway) -> None:
-    r = httpx.post(f"{faulty.base_url}/chat/completions", content=b"hello",
-                   headers={"content-type": "text/plain"})  # fmt: skip
+    r = httpx.post(
+        f"{faulty.base_url}/chat/completions",
+        content=b"hello",
+        headers={"content-type": "text/plain"},
+    )
     _error(r, 415, "unsupported_media_type")
 
 

@@ -29,9 +29,10 @@ def test_model_name_is_rewritten_and_client_credentials_are_not_forwarded(
         model="gpt-test", messages=[{"role": "user", "content": "rewrite check 1"}]
     )
     sent = next(
-        r for r in mock.requests() if r["body"].get("messages") == [
-            {"role": "user", "content": "rewrite check 1"}]
-    )  # fmt: skip
+        r
+        for r in mock.requests()
+        if r["body"].get("messages") == [{"role": "user", "content": "rewrite check 1"}]
+    )
     assert sent["model"] == "mock-gpt"
     headers = {k.lower(): v for k, v in sent["headers"].items()}
     assert headers["authorization"] == f"Bearer {PROVIDER_KEY}"
@@ -61,21 +62,29 @@ def test_stream_and_non_stream_give_the_same_text(gateway: Gateway) -> None:
 
 
 def test_tool_calls_pass_through_streamed_and_not(gateway: Gateway) -> None:
-    tools = [{
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                           "required": ["city"]},
-        },
-    }]  # fmt: skip
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"city": {"type": "string"}},
+                    "required": ["city"],
+                },
+            },
+        }
+    ]
     client = gateway.client()
     reply = client.chat.completions.create(model="gpt-test", messages=USER, tools=tools)  # type: ignore[arg-type]
     call = reply.choices[0].message.tool_calls[0]  # type: ignore[index]
     assert reply.choices[0].finish_reason == "tool_calls"
     assert call.function.name == "get_weather"  # type: ignore[union-attr]
     stream = client.chat.completions.create(
-        model="gpt-test", messages=USER, tools=tools, stream=True  # type: ignore[arg-type]
+        model="gpt-test",
+        messages=USER,
+        tools=tools,
+        stream=True,  # type: ignore[arg-type]
     )
     args = ""
     names = []
@@ -103,8 +112,11 @@ def test_legacy_completions_stream_and_not(gateway: Gateway) -> None:
     client = gateway.client()
     whole = client.completions.create(model="gpt-test", prompt="Say hi")
     assert whole.choices[0].text
-    streamed = "".join(c.choices[0].text for c in client.completions.create(
-        model="gpt-test", prompt="Say hi", stream=True) if c.choices)  # fmt: skip
+    streamed = "".join(
+        c.choices[0].text
+        for c in client.completions.create(model="gpt-test", prompt="Say hi", stream=True)
+        if c.choices
+    )
     assert streamed == whole.choices[0].text
 
 
@@ -121,8 +133,10 @@ def test_embeddings_float_and_dimensions(gateway: Gateway) -> None:
         model="embed-test", input="one", encoding_format="float", dimensions=4
     )
     assert len(floats.data[0].embedding) == 4
-    raw = httpx.post(f"{gateway.base_url}/embeddings", json={
-        "model": "embed-test", "input": "one", "encoding_format": "base64", "dimensions": 4})  # fmt: skip
+    raw = httpx.post(
+        f"{gateway.base_url}/embeddings",
+        json={"model": "embed-test", "input": "one", "encoding_format": "base64", "dimensions": 4},
+    )
     packed = base64.b64decode(raw.json()["data"][0]["embedding"])
     assert list(struct.unpack("<4f", packed)) == floats.data[0].embedding
 
@@ -135,7 +149,9 @@ def test_models_list_and_retrieve(gateway: Gateway) -> None:
 
 
 def test_raw_response_carries_request_ids(gateway: Gateway) -> None:
-    raw = gateway.client().chat.completions.with_raw_response.create(model="gpt-test", messages=USER)
+    raw = gateway.client().chat.completions.with_raw_response.create(
+        model="gpt-test", messages=USER
+    )
     assert raw.headers["x-request-id"].startswith("mock-")  # the upstream's id, forwarded
     assert len(raw.headers["x-savepoint-request-id"]) == 32
     assert raw.parse().choices[0].message.content

@@ -64,8 +64,9 @@ def test_past_the_drain_deadline_streams_get_an_error_event_and_others_a_503(
     outcome: dict[str, object] = {}
 
     def stuck_call() -> None:
-        r = httpx.post(f"{gw.base_url}/chat/completions",
-                       json={"model": "stuck", "messages": USER}, timeout=30)  # fmt: skip
+        r = httpx.post(
+            f"{gw.base_url}/chat/completions", json={"model": "stuck", "messages": USER}, timeout=30
+        )
         outcome["stuck"] = (r.status_code, r.json()["error"]["code"])
 
     stuck_before = gateways.mock.scope_count("drain-stuck")

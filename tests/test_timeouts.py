@@ -3,6 +3,7 @@ it an error event; never a fake finish."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections.abc import Iterator
@@ -26,10 +27,8 @@ def blackhole() -> Iterator[int]:
     for _ in range(4):
         s = socket.socket()
         s.setblocking(False)
-        try:
+        with contextlib.suppress(BlockingIOError):
             s.connect(("127.0.0.1", port))
-        except BlockingIOError:
-            pass
         fillers.append(s)
     time.sleep(0.2)
     yield port
@@ -49,15 +48,18 @@ def slow(gateways: Gateways, blackhole: int) -> Gateway:
     headers: {{x-mock: "{knobs}"}}
     timeouts: {timeouts}"""
 
-    providers = "".join([
-        provider("late", "delay=3;scope=t-late", "{first_byte: 0.5, total: 10}"),
-        provider("stalls", "chunk_delay=3;chunks=3;scope=t-stall", "{idle: 0.5, total: 10}"),
-        provider("long", "chunk_delay=0.3;chunks=20;scope=t-long", "{idle: 1, total: 1.5}"),
-        provider("hangs", "hang;scope=t-hang", "{total: 0.7}"),
-        provider("tardy", "delay=6;scope=t-tardy", "{total: 30}"),
-        provider("blackhole", "scope=none", "{connect: 0.5}",
-                 base=f"http://127.0.0.1:{blackhole}/v1"),
-    ])  # fmt: skip
+    providers = "".join(
+        [
+            provider("late", "delay=3;scope=t-late", "{first_byte: 0.5, total: 10}"),
+            provider("stalls", "chunk_delay=3;chunks=3;scope=t-stall", "{idle: 0.5, total: 10}"),
+            provider("long", "chunk_delay=0.3;chunks=20;scope=t-long", "{idle: 1, total: 1.5}"),
+            provider("hangs", "hang;scope=t-hang", "{total: 0.7}"),
+            provider("tardy", "delay=6;scope=t-tardy", "{total: 30}"),
+            provider(
+                "blackhole", "scope=none", "{connect: 0.5}", base=f"http://127.0.0.1:{blackhole}/v1"
+            ),
+        ]
+    )
     return gateways.start(f"""
 version: 1
 store: {{path: "{{tmp}}/timeouts.db"}}
@@ -101,8 +103,11 @@ def test_silence_mid_stream_ends_with_an_idle_timeout_event(slow: Gateway) -> No
 
 
 def test_stream_over_its_total_deadline_is_cut_with_an_error_event(slow: Gateway) -> None:
-    r = httpx.post(f"{slow.base_url}/chat/completions",
-                   json={"model": "long", "messages": USER, "stream": True}, timeout=10)  # fmt: skip
+    r = httpx.post(
+        f"{slow.base_url}/chat/completions",
+        json={"model": "long", "messages": USER, "stream": True},
+        timeout=10,
+    )
     assert r.status_code == 200
     events = [e for e in r.text.split("\n\n") if e]
     assert '"deadline_exceeded"' in events[-1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from gateway.stores.base import StoreUnavailable
@@ -46,9 +47,9 @@ class SqliteStore:
             self._db = None
         self._executor.shutdown(wait=False)
 
-    async def _run(self, fn: object) -> None:
+    async def _run(self, fn: Callable[[], object]) -> None:
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._executor, fn)  # type: ignore[arg-type]
+            await loop.run_in_executor(self._executor, fn)
         except (sqlite3.Error, OSError) as e:
             raise StoreUnavailable(f"SQLite store {self._path}: {e}") from None

@@ -51,22 +51,36 @@ PROVIDER = "providers:\n  up: {kind: openai}\n"
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        (PROVIDER + "models:\n  m:\n    targets:\n      - {provider: up, timeouts: {total: fast}}\n",
-         '6: models.m.targets[0].timeouts.total: expected seconds (e.g. 30, 30s, 500ms, 2m), '
-         'got "fast"'),
-        (PROVIDER + "models:\n  m:\n    targets: [nope/x]\n",
-         '5: models.m.targets[0].provider: unknown provider "nope" (known: up)'),
-        (PROVIDER + "models:\n  m:\n    targets: []\n",
-         "5: models.m.targets: expected a non-empty list of targets"),
-        ("modles: {}\n" + BASE, "1: modles: unknown key; expected one of: version, server, "
-         "store, providers, models, clients"),
-        (BASE + "server: {max_body_bytes: lots}\n",
-         '10: server.max_body_bytes: expected a size in bytes (e.g. 1048576, 32MiB), got "lots"'),
-        (BASE + "store: {kind: postgres}\n",
-         '10: store.kind: expected sqlite or redis, got "postgres"'),
+        (
+            PROVIDER
+            + "models:\n  m:\n    targets:\n      - {provider: up, timeouts: {total: fast}}\n",
+            "6: models.m.targets[0].timeouts.total: expected seconds (e.g. 30, 30s, 500ms, 2m), "
+            'got "fast"',
+        ),
+        (
+            PROVIDER + "models:\n  m:\n    targets: [nope/x]\n",
+            '5: models.m.targets[0].provider: unknown provider "nope" (known: up)',
+        ),
+        (
+            PROVIDER + "models:\n  m:\n    targets: []\n",
+            "5: models.m.targets: expected a non-empty list of targets",
+        ),
+        (
+            "modles: {}\n" + BASE,
+            "1: modles: unknown key; expected one of: version, server, "
+            "store, providers, models, clients",
+        ),
+        (
+            BASE + "server: {max_body_bytes: lots}\n",
+            '10: server.max_body_bytes: expected a size in bytes (e.g. 1048576, 32MiB), got "lots"',
+        ),
+        (
+            BASE + "store: {kind: postgres}\n",
+            '10: store.kind: expected sqlite or redis, got "postgres"',
+        ),
         (BASE + "version: 2\n", "10: version: this gateway reads version 1, got 2"),
     ],
-)  # fmt: skip
+)
 def test_problem_names_line_and_path(text: str, expected: str) -> None:
     assert _problems(text) == [expected]
 
@@ -85,7 +99,10 @@ def test_env_interpolation_with_defaults_and_escapes() -> None:
     policy = _parse(
         """
         providers:
-          up: {kind: openai, base_url: "${UP_URL}", headers: {x-cost: "$$5", x-team: "${TEAM:-core}"}}
+          up:
+            kind: openai
+            base_url: "${UP_URL}"
+            headers: {x-cost: "$$5", x-team: "${TEAM:-core}"}
         models:
           m: {targets: [up/x]}
         """,
@@ -103,8 +120,9 @@ def test_unset_env_var_is_an_error_naming_it() -> None:
 
 def test_required_provider_key_must_be_set() -> None:
     problems = _problems(BASE.replace("kind: openai", "kind: openai\n    api_key_env: UP_KEY"))
-    assert any("providers.up.api_key_env: environment variable UP_KEY is not set" in p
-               for p in problems)  # fmt: skip
+    assert any(
+        "providers.up.api_key_env: environment variable UP_KEY is not set" in p for p in problems
+    )
 
 
 def test_optional_provider_without_key_switches_its_models_off() -> None:
@@ -140,17 +158,23 @@ def test_target_timeouts_override_the_providers_and_cap_at_total() -> None:
 
 
 def test_explicit_phase_longer_than_total_is_refused() -> None:
-    problems = _problems(BASE.replace("kind: openai", "kind: openai\n    timeouts: {idle: 2m, total: 1m}"))
+    problems = _problems(
+        BASE.replace("kind: openai", "kind: openai\n    timeouts: {idle: 2m, total: 1m}")
+    )
     assert any("providers.up.timeouts.idle: 120s is longer than total (60s)" in p for p in problems)
 
 
 def test_clients_keys_and_allowed_models() -> None:
     digest = "a" * 64
-    policy = _parse(BASE + f"""
+    policy = _parse(
+        BASE
+        + f"""
 clients:
   alice: {{key_sha256: {digest}, models: [m]}}
   bob: {{key_env: BOB_KEY}}
-""", {"BOB_KEY": "sk-bob"})  # fmt: skip
+""",
+        {"BOB_KEY": "sk-bob"},
+    )
     assert policy.auth_enabled
     assert policy.clients["alice"].models == frozenset({"m"})
     assert policy.clients["bob"].models is None
@@ -162,12 +186,16 @@ clients:
     [
         ("alice: {key_sha256: nothex}", "clients.alice.key_sha256: expected 64 hex digits"),
         ("alice: {models: [m]}", "clients.alice: a client needs key_sha256 or key_env"),
-        (f"alice: {{key_sha256: {'b' * 64}, models: [ghost]}}",
-         'clients.alice.models[0]: unknown model "ghost"'),
-        (f"a: {{key_sha256: {'c' * 64}}}\n  b: {{key_sha256: {'c' * 64}}}",
-         "clients.b: uses the same API key as client 'a'"),
+        (
+            f"alice: {{key_sha256: {'b' * 64}, models: [ghost]}}",
+            'clients.alice.models[0]: unknown model "ghost"',
+        ),
+        (
+            f"a: {{key_sha256: {'c' * 64}}}\n  b: {{key_sha256: {'c' * 64}}}",
+            "clients.b: uses the same API key as client 'a'",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_clients_are_refused(clients: str, expected: str) -> None:
     problems = _problems(BASE + "clients:\n  " + clients + "\n")
     assert any(expected in p for p in problems), problems

@@ -24,17 +24,30 @@ def test_chat_call_reads_model_stream_and_client_timeout() -> None:
         (Endpoint.CHAT, b'{"model":"m","messages":[]}', "messages", "invalid_field"),
         (Endpoint.CHAT, b'{"model":"m","messages":["hi"]}', "messages[0]", "invalid_field"),
         (Endpoint.CHAT, CHAT[:-1] + b',"stream":"yes"}', "stream", "invalid_field"),
-        (Endpoint.CHAT, CHAT[:-1] + b',"stream_options":{"include_usage":true}}',
-         "stream_options", "invalid_field"),
+        (
+            Endpoint.CHAT,
+            CHAT[:-1] + b',"stream_options":{"include_usage":true}}',
+            "stream_options",
+            "invalid_field",
+        ),
         (Endpoint.CHAT, CHAT[:-1] + b',"max_tokens":0}', "max_tokens", "invalid_field"),
         (Endpoint.CHAT, CHAT[:-1] + b',"n":true}', "n", "invalid_field"),
         (Endpoint.EMBEDDINGS, b'{"model":"e"}', "input", "invalid_field"),
-        (Endpoint.EMBEDDINGS, b'{"model":"e","input":"x","stream":true}', "stream", "invalid_field"),
-        (Endpoint.EMBEDDINGS, b'{"model":"e","input":"x","encoding_format":"hex"}',
-         "encoding_format", "invalid_field"),
+        (
+            Endpoint.EMBEDDINGS,
+            b'{"model":"e","input":"x","stream":true}',
+            "stream",
+            "invalid_field",
+        ),
+        (
+            Endpoint.EMBEDDINGS,
+            b'{"model":"e","input":"x","encoding_format":"hex"}',
+            "encoding_format",
+            "invalid_field",
+        ),
         (Endpoint.COMPLETIONS, b'{"model":"m"}', "prompt", "invalid_field"),
     ],
-)  # fmt: skip
+)
 def test_bad_body_is_a_400_naming_the_field(
     endpoint: Endpoint, raw: bytes, param: str | None, code: str
 ) -> None:

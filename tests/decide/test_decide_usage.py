@@ -3,9 +3,15 @@ from gateway.model import Endpoint, Usage
 
 
 def test_chat_body_usage_with_details() -> None:
-    body = {"usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15,
-                      "prompt_tokens_details": {"cached_tokens": 4},
-                      "completion_tokens_details": {"reasoning_tokens": 2}}}  # fmt: skip
+    body = {
+        "usage": {
+            "prompt_tokens": 10,
+            "completion_tokens": 5,
+            "total_tokens": 15,
+            "prompt_tokens_details": {"cached_tokens": 4},
+            "completion_tokens_details": {"reasoning_tokens": 2},
+        }
+    }
     assert usage_from_body(body) == Usage(10, 5, 15, 4, 2)
 
 
@@ -25,12 +31,17 @@ def test_body_without_usage_has_none() -> None:
 
 
 def test_chat_usage_chunk_is_read_and_null_usage_is_skipped() -> None:
-    chunk = b'data: {"choices":[],"usage":{"prompt_tokens":2,"completion_tokens":1,"total_tokens":3}}\n\n'
+    chunk = (
+        b'data: {"choices":[],"usage":'
+        b'{"prompt_tokens":2,"completion_tokens":1,"total_tokens":3}}\n\n'
+    )
     assert usage_from_event(Endpoint.CHAT, chunk) == Usage(2, 1, 3)
     assert usage_from_event(Endpoint.CHAT, b'data: {"choices":[{}],"usage":null}\n\n') is None
 
 
 def test_responses_usage_comes_from_the_terminal_event() -> None:
-    event = (b'event: response.completed\ndata: {"type":"response.completed","response":'
-             b'{"usage":{"input_tokens":4,"output_tokens":6,"total_tokens":10}}}\n\n')  # fmt: skip
+    event = (
+        b'event: response.completed\ndata: {"type":"response.completed","response":'
+        b'{"usage":{"input_tokens":4,"output_tokens":6,"total_tokens":10}}}\n\n'
+    )
     assert usage_from_event(Endpoint.RESPONSES, event) == Usage(4, 6, 10)

@@ -1,0 +1,107 @@
+"""Streams that break after the commit point end with an error event, after every event that
+did arrive; a client that leaves stops the upstream call."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import openai
+import pytest
+from harness import PROVIDER_KEY, Gateway, Gateways
+
+USER = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture(scope="module")
+def broken(gateways: Gateways) -> Gateway:
+    def provider(name: str, knobs: str) -> str:
+        return f"""
+  {name}:
+    kind: openai
+    base_url: {{mock}}/v1
+    api_key: {PROVIDER_KEY}
+    headers: {{x-mock: "{knobs}"}}"""
+
+    providers = "".join(
+        [
+            provider("cut", "cut_after=5;chunks=12;scope=s-cut"),
+            provider("short", "truncate;chunks=6;scope=s-trunc"),
+            provider("slow", "chunk_delay=0.2;chunks=50;scope=s-slow"),
+        ]
+    )
+    return gateways.start(f"""
+version: 1
+store: {{path: "{{tmp}}/streaming.db"}}
+providers:{providers}
+models:
+  cut: {{targets: [cut/mock-gpt]}}
+  short: {{targets: [short/mock-gpt]}}
+  slow: {{targets: [slow/mock-gpt]}}
+""")
+
+
+def _content_chunks(chunks: list[object]) -> list[str]:
+    return [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]  # type: ignore[attr-defined]
+
+
+def test_stream_cut_by_the_provider_delivers_what_arrived_then_an_error(broken: Gateway) -> None:
+    received: list[object] = []
+    with pytest.raises(openai.APIError) as caught:
+        for chunk in broken.client().chat.completions.create(
+            model="cut",
+            messages=USER,
+            stream=True,  # type: ignore[arg-type]
+        ):
+            received.append(chunk)
+    assert len(_content_chunks(received)) == 5
+    assert caught.value.code == "upstream_stream_cut"
+
+
+def test_stream_ending_without_done_is_an_error_not_a_clean_finish(broken: Gateway) -> None:
+    received: list[object] = []
+    with pytest.raises(openai.APIError) as caught:
+        for chunk in broken.client().chat.completions.create(
+            model="short",
+            messages=USER,
+            stream=True,  # type: ignore[arg-type]
+        ):
+            received.append(chunk)
+    assert len(_content_chunks(received)) == 6
+    assert caught.value.code == "upstream_stream_truncated"
+
+
+def test_responses_stream_cut_raises_in_the_sdk(broken: Gateway) -> None:
+    deltas = []
+    with pytest.raises(openai.APIError) as caught:
+        stream = broken.client().responses.create(model="cut", input="hi", stream=True)
+        for event in stream:
+            if event.type == "response.output_text.delta":
+                deltas.append(event.delta)
+    assert len(deltas) == 5
+    assert caught.value.code == "upstream_stream_cut"
+
+
+def test_error_after_commit_is_logged_with_status_200_and_its_code(broken: Gateway) -> None:
+    r = httpx.post(
+        f"{broken.base_url}/chat/completions",
+        json={"model": "short", "messages": USER, "stream": True},
+    )
+    line = broken.log_for(r.headers["x-savepoint-request-id"])
+    assert (line["status"], line["error"]) == (200, "upstream_stream_truncated")
+
+
+def test_client_that_leaves_mid_stream_stops_the_upstream_call(broken: Gateway) -> None:
+    with httpx.stream(
+        "POST",
+        f"{broken.base_url}/chat/completions",
+        json={"model": "slow", "messages": USER, "stream": True},
+    ) as r:
+        request_id = r.headers["x-savepoint-request-id"]
+        lines = r.iter_lines()
+        next(lines)
+        next(lines)
+    started = time.monotonic()
+    line = broken.log_for(request_id)  # written when the gateway stops relaying
+    assert line["status"] == 499
+    assert time.monotonic() - started < 3  # not after the 10 s the whole stream would take
