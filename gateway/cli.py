@@ -119,10 +119,6 @@ async def _run_gateway(policy: Policy, host: str, port: int) -> int:
         if e.errno == errno.EADDRINUSE:
             return _fail(f"cannot listen on {host}:{port}: the port is already in use (use --port)")
         return _fail(f"cannot listen on {host}:{port}: {e.strerror}")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     off = "".join(f"; provider {p} off: {why}" for p, why in policy.disabled_providers.items())
     auth = "auth on" if policy.auth_enabled else "auth off"
     print(
@@ -130,7 +126,7 @@ async def _run_gateway(policy: Policy, host: str, port: int) -> int:
         f"(policy {policy.source}, store {app[STORE].describe()}, {auth}{off})",
         flush=True,
     )
-    await stop.wait()
+    await _signalled()
     print("savepoint: draining in-flight requests", file=sys.stderr, flush=True)
     await site.stop()  # stop accepting; keep serving what is in flight
     await app[DRAIN].run(policy.server.drain_timeout)
@@ -140,13 +136,35 @@ async def _run_gateway(policy: Policy, host: str, port: int) -> int:
 
 def _mock(args: argparse.Namespace) -> int:
     _use_uvloop()
-    app = build_mock_app(knobs_from_args(args))
-    print(f"savepoint mock listening on http://{_url_host(args.host)}:{args.port}/v1", flush=True)
     try:
-        web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)
+        return asyncio.run(_run_mock(args))
+    except KeyboardInterrupt:
+        return 0
+
+
+async def _run_mock(args: argparse.Namespace) -> int:
+    runner = web.AppRunner(build_mock_app(knobs_from_args(args)), access_log=None,
+                           handle_signals=False, shutdown_timeout=1.0)  # fmt: skip
+    await runner.setup()
+    site = web.TCPSite(runner, args.host, args.port)
+    try:
+        await site.start()
     except OSError as e:
+        await runner.cleanup()
         return _fail(f"cannot listen on {args.host}:{args.port}: {e.strerror}")
+    port = runner.addresses[0][1]
+    print(f"savepoint mock listening on http://{_url_host(args.host)}:{port}/v1", flush=True)
+    await _signalled()
+    await runner.cleanup()
     return 0
+
+
+async def _signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
 
 
 def _is_loopback(host: str) -> bool:

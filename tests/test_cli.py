@@ -184,3 +184,29 @@ def test_default_policy_serves_mock_gpt_with_no_key_and_no_network(tmp_path: Pat
     finally:
         proc.terminate()
         assert proc.wait(20) == 0
+
+
+def test_mock_command_prints_its_real_port_and_stops_quickly() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "mock", "--port", "0", "--chunks", "3"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        banner = proc.stdout.readline()
+        url = banner.rsplit(" ", 1)[-1].strip()
+        assert banner.startswith("savepoint mock listening on http://127.0.0.1:")
+        assert not url.endswith(":0/v1")
+        import openai
+
+        client = openai.OpenAI(api_key="x", base_url=url, max_retries=0)
+        reply = client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert len((reply.choices[0].message.content or "").split()) == 3
+    finally:
+        proc.terminate()
+        assert proc.wait(5) == 0

@@ -3,6 +3,7 @@ located as `line: path: message` and keep going, so every problem is reported at
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -12,9 +13,10 @@ import yaml
 Path = tuple[str | int, ...]
 
 _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$")
+# Patterns are used with fullmatch: `$` would also accept a trailing newline (a YAML `|` block).
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*")
+_SIZE = re.compile(r"\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*")
 _SIZE_UNITS = {None: 1, "B": 1, "KB": 10**3, "KiB": 2**10, "MB": 10**6, "MiB": 2**20,
                "GB": 10**9, "GiB": 2**30}  # fmt: skip
 _DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -31,7 +33,7 @@ class Problems:
     def __init__(self, lines: dict[Path, int], env: Mapping[str, str]):
         self.lines = lines
         self.env = env
-        self.problems: list[str] = []
+        self._found: list[tuple[int, str]] = []
 
     def problem(self, path: Path, message: str) -> None:
         line = None
@@ -40,19 +42,31 @@ class Problems:
             if line is not None:
                 break
         prefix = f"{line}:" if line is not None else ""
-        self.problems.append(f"{prefix} {format_path(path)}: {message}")
+        self._found.append((line or 0, f"{prefix} {format_path(path)}: {message}"))
+
+    @property
+    def problems(self) -> list[str]:
+        """In the order of the file."""
+        return [text for _, text in sorted(self._found, key=lambda found: found[0])]
 
 
-def collect_lines(node: yaml.Node, path: Path, out: dict[Path, int]) -> None:
-    out[path] = node.start_mark.line + 1
+def collect_lines(
+    node: yaml.Node, path: Path, out: dict[Path, int], duplicates: list[Path]
+) -> None:
+    """The line of every value (a mapping entry: the line of its key), and repeated keys,
+    which YAML would otherwise resolve silently by keeping the last."""
+    out.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
             if isinstance(key, yaml.ScalarNode):
-                out[(*path, key.value)] = key.start_mark.line + 1
-                collect_lines(value, (*path, key.value), out)
+                child = (*path, key.value)
+                if child in out:
+                    duplicates.append(child)
+                out[child] = key.start_mark.line + 1
+                collect_lines(value, child, out, duplicates)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            collect_lines(item, (*path, i), out)
+            collect_lines(item, (*path, i), out, duplicates)
 
 
 def interpolate(ctx: Problems, value: Any, path: Path) -> Any:
@@ -63,10 +77,10 @@ def interpolate(ctx: Problems, value: Any, path: Path) -> Any:
                 return "$"
             name, default = m.group(1), m.group(2)
             found = ctx.env.get(name)
+            if default is not None:  # like the shell: `:-` also replaces an empty value
+                return found or default
             if found is not None:
                 return found
-            if default is not None:
-                return default
             ctx.problem(
                 path,
                 f"environment variable {name} is not set "
@@ -114,6 +128,8 @@ def string(
 
 def boolean(ctx: Problems, m: dict[str, Any], key: str, path: Path, default: bool) -> bool:
     value = m.get(key, default)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"  # from a ${VAR}
     if isinstance(value, bool):
         return value
     ctx.problem((*path, key), f"expected true or false, got {show(value)}")
@@ -124,6 +140,8 @@ def integer(
     ctx: Problems, m: dict[str, Any], key: str, path: Path, default: int, minimum: int
 ) -> int:
     value = m.get(key, default)
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)  # from a ${VAR}
     if isinstance(value, int) and not isinstance(value, bool) and value >= minimum:
         return value
     ctx.problem((*path, key), f"expected an integer >= {minimum}, got {show(value)}")
@@ -135,9 +153,9 @@ def seconds(ctx: Problems, m: dict[str, Any], key: str, path: Path, default: flo
     seconds: float | None = None
     if isinstance(value, int | float) and not isinstance(value, bool):
         seconds = float(value)
-    elif isinstance(value, str) and (match := _DURATION.match(value)):
+    elif isinstance(value, str) and (match := _DURATION.fullmatch(value)):
         seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-    if seconds is None or seconds <= 0:
+    if seconds is None or not 0 < seconds < math.inf:
         ctx.problem((*path, key), f"expected seconds (e.g. 30, 30s, 500ms, 2m), got {show(value)}")
         return default
     return seconds
@@ -147,14 +165,14 @@ def size(ctx: Problems, m: dict[str, Any], key: str, path: Path, default: int) -
     value = m.get(key, default)
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
-    if isinstance(value, str) and (match := _SIZE.match(value)) and int(match.group(1)) > 0:
+    if isinstance(value, str) and (match := _SIZE.fullmatch(value)) and int(match.group(1)) > 0:
         return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
     ctx.problem((*path, key), f"expected a size in bytes (e.g. 1048576, 32MiB), got {show(value)}")
     return default
 
 
 def name(ctx: Problems, name: Any, path: Path, what: str) -> bool:
-    if isinstance(name, str) and _NAME.match(name):
+    if isinstance(name, str) and _NAME.fullmatch(name):
         return True
     ctx.problem(path, f"{show(name)} is not a valid {what} name (letters, digits, _ . : -)")
     return False

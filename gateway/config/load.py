@@ -69,9 +69,12 @@ def parse_policy(text: str, source: str, env: Mapping[str, str]) -> Policy:
         where = f"{mark.line + 1}:" if mark is not None else ""
         raise PolicyError(source, [f"{where} not valid YAML: {getattr(e, 'problem', e)}"]) from None
     lines: dict[Path, int] = {}
+    duplicates: list[Path] = []
     if node is not None:
-        fields.collect_lines(node, (), lines)
+        fields.collect_lines(node, (), lines, duplicates)
     ctx = fields.Problems(lines, env)
+    for path in duplicates:
+        ctx.problem(path, "appears twice in the same mapping; YAML would keep only the last one")
     policy = _policy(ctx, fields.interpolate(ctx, data, ()), source)
     if ctx.problems or policy is None:
         raise PolicyError(source, ctx.problems or [" the policy is empty"])
@@ -95,7 +98,8 @@ def _timeouts(ctx: fields.Problems, value: Any, path: Path, base: Timeouts) -> T
 
 def _policy(ctx: fields.Problems, data: Any, source: str) -> Policy | None:
     top = fields.mapping(ctx, data, (), _TOP_KEYS)
-    if top.get("version", 1) != 1:
+    version = top.get("version", 1)
+    if version != 1 or isinstance(version, bool):
         ctx.problem(
             ("version",), f"this gateway reads version 1, got {fields.show(top['version'])}"
         )
@@ -128,8 +132,10 @@ def _store(ctx: fields.Problems, value: Any) -> StoreSpec:
         ctx.problem((*path, "kind"), f"expected sqlite or redis, got {fields.show(kind)}")
         kind = d.kind
     url = fields.string(ctx, m, "url", path, d.url) or d.url
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        ctx.problem((*path, "url"), f"expected a redis:// or rediss:// URL, got {fields.show(url)}")
+    if (kind == "redis" or "url" in m) and not url.startswith(("redis://", "rediss://", "unix://")):
+        ctx.problem(
+            (*path, "url"), f"expected a redis://, rediss:// or unix:// URL, got {fields.show(url)}"
+        )
     return StoreSpec(kind=kind, path=fields.string(ctx, m, "path", path, d.path) or d.path, url=url)  # type: ignore[arg-type]
 
 
@@ -149,6 +155,10 @@ def _providers(ctx: fields.Problems, value: Any) -> tuple[dict[str, ProviderSpec
         if kind not in ("openai", "mock"):
             ctx.problem((*path, "kind"), f"expected openai or mock, got {fields.show(kind)}")
             continue
+        only = "base_url" if kind == "mock" else "mock"
+        if only in m:
+            other = "openai" if kind == "mock" else "mock"
+            ctx.problem((*path, only), f"only a provider of kind {other} takes `{only}`")
         default_url = _DEFAULT_OPENAI_URL if kind == "openai" else ""
         base_url = (fields.string(ctx, m, "base_url", path, default_url) or "").rstrip("/")
         if kind == "openai" and not base_url.startswith(("http://", "https://")):
@@ -156,18 +166,30 @@ def _providers(ctx: fields.Problems, value: Any) -> tuple[dict[str, ProviderSpec
                 (*path, "base_url"), f"expected an http(s) URL, got {fields.show(base_url)}"
             )
         key = _provider_key(ctx, m, path, name, disabled)
-        headers = fields.mapping(ctx, m.get("headers"), (*path, "headers"))
-        providers[name] = ProviderSpec(
+        spec = ProviderSpec(
             name=name,
             kind="openai" if kind == "openai" else "mock",
             base_url=base_url,
             api_key=key,
-            headers={str(k): str(v) for k, v in headers.items()},
+            headers=_headers(ctx, m.get("headers"), (*path, "headers")),
             timeouts=_timeouts(ctx, m.get("timeouts"), (*path, "timeouts"), Timeouts()),
             max_connections=fields.integer(ctx, m, "max_connections", path, 256, 1),
             mock=_mock_knobs(ctx, m.get("mock"), (*path, "mock")) if kind == "mock" else "",
         )
+        if name not in disabled:  # a switched-off provider gets no connection pool
+            providers[name] = spec
     return providers, disabled
+
+
+def _headers(ctx: fields.Problems, value: Any, path: Path) -> dict[str, str]:
+    headers = {}
+    for key, raw in fields.mapping(ctx, value, path).items():
+        text = fields.string(ctx, {key: raw}, key, path, None)
+        if text is None:
+            ctx.problem((*path, key), f"expected a header value (a string), got {fields.show(raw)}")
+        else:
+            headers[key] = text
+    return headers
 
 
 def _provider_key(
@@ -195,18 +217,32 @@ def _provider_key(
 def _mock_knobs(ctx: fields.Problems, value: Any, path: Path) -> str:
     from gateway.mock import KnobError, Knobs, parse_knob_header
 
-    header = ";".join(f"{k}={_knob(v)}" for k, v in fields.mapping(ctx, value, path).items())
-    try:
-        parse_knob_header(header, Knobs())
-    except KnobError as e:
-        ctx.problem(path, str(e))
-    return header
+    pairs = []
+    for key, raw in fields.mapping(ctx, value, path).items():
+        text = _knob(raw)
+        if text is None:
+            ctx.problem(
+                (*path, key), f"expected a number, a string or a list, got {fields.show(raw)}"
+            )
+            continue
+        try:
+            parse_knob_header(f"{key}={text}", Knobs())
+        except KnobError as e:
+            ctx.problem((*path, key), str(e))
+            continue
+        pairs.append(f"{key}={text}")
+    return ";".join(pairs)
 
 
-def _knob(value: Any) -> str:
-    if isinstance(value, list):
-        return ",".join(map(str, value))
-    return str(value).lower() if isinstance(value, bool) else str(value)
+def _knob(value: Any) -> str | None:
+    """A knob value in the mock's header syntax, or None if it cannot be one."""
+    if value is None:
+        return "none"  # the mock's word for "not set"
+    items = value if isinstance(value, list) else [value]
+    if not all(isinstance(v, str | int | float) for v in items):
+        return None
+    text = ",".join(str(v).lower() if isinstance(v, bool) else str(v) for v in items)
+    return None if ";" in text else text
 
 
 def _models(
@@ -281,7 +317,7 @@ def _clients(ctx: fields.Problems, value: Any, model_names: set[str]) -> dict[st
             where = (
                 (*path, "key_sha256", i) if isinstance(raw_hashes, list) else (*path, "key_sha256")
             )
-            if isinstance(h, str) and _SHA256.match(h.lower()):
+            if isinstance(h, str) and _SHA256.fullmatch(h.lower()):
                 hashes.add(h.lower())
             else:
                 ctx.problem(
@@ -294,7 +330,7 @@ def _clients(ctx: fields.Problems, value: Any, model_names: set[str]) -> dict[st
                 hashes.add(hashlib.sha256(key.encode()).hexdigest())
             else:
                 ctx.problem((*path, "key_env"), f"environment variable {env_name} is not set")
-        elif not hashes:
+        elif not raw_hashes:
             ctx.problem(path, "a client needs key_sha256 or key_env")
         for h in hashes:
             if h in owner:

@@ -113,7 +113,7 @@ def _get_model(request: web.Request, knobs: Knobs) -> bytes:
 
 
 def _unknown(request: web.Request, knobs: Knobs) -> bytes:
-    return error_body(404, f"Invalid URL ({request.method} {request.path})")
+    return error_body(404, f"Invalid URL ({request.method} {request.path})", code="unknown_url")
 
 
 async def _stats(request: web.Request) -> web.StreamResponse:

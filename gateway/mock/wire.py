@@ -37,7 +37,7 @@ _ERRORS: dict[int, tuple[str, str | None, str]] = {
     409: ("invalid_request_error", "conflict", "Conflict with a concurrent request."),
     413: ("invalid_request_error", "request_too_large", "Request too large."),
     422: ("invalid_request_error", None, "Unprocessable request."),
-    429: ("rate_limit_exceeded", "rate_limit_exceeded", "Rate limit reached for requests."),
+    429: ("requests", "rate_limit_exceeded", "Rate limit reached for requests."),
     500: ("server_error", None, "The server had an error while processing your request."),
     502: ("server_error", "bad_gateway", "Bad gateway."),
     503: ("server_error", "service_unavailable", "The server is overloaded or not ready yet."),
@@ -54,8 +54,11 @@ def error_kind(status: int) -> tuple[str, str | None, str]:
     return ("invalid_request_error", None, "The request was rejected.")
 
 
-def error_body(status: int, message: str | None = None, *, param: str | None = None) -> bytes:
-    kind, code, default = error_kind(status)
+def error_body(
+    status: int, message: str | None = None, *, param: str | None = None, code: str | None = None
+) -> bytes:
+    kind, default_code, default = error_kind(status)
+    code = code or default_code
     error = {"message": message or default, "type": kind, "param": param, "code": code}
     return orjson.dumps({"error": error})
 

@@ -78,7 +78,30 @@ PROVIDER = "providers:\n  up: {kind: openai}\n"
             BASE + "store: {kind: postgres}\n",
             '10: store.kind: expected sqlite or redis, got "postgres"',
         ),
-        (BASE + "version: 2\n", "10: version: this gateway reads version 1, got 2"),
+        (
+            BASE.replace("version: 1", "version: 2"),
+            "2: version: this gateway reads version 1, got 2",
+        ),
+        (
+            BASE.replace("version: 1", "version: true"),
+            "2: version: this gateway reads version 1, got True",
+        ),
+        (
+            BASE + "clients: {}\nclients: {}\n",
+            "11: clients: appears twice in the same mapping; YAML would keep only the last one",
+        ),
+        (
+            BASE.replace("kind: openai", "kind: openai\n    timeouts: {total: .nan}"),
+            "6: providers.up.timeouts.total: expected seconds (e.g. 30, 30s, 500ms, 2m), got nan",
+        ),
+        (
+            BASE.replace("kind: openai", "kind: openai\n    headers: {x-team: null}"),
+            "6: providers.up.headers.x-team: expected a header value (a string), got null",
+        ),
+        (
+            BASE.replace("kind: openai", "kind: openai\n    mock: {chunks: 3}"),
+            "6: providers.up.mock: only a provider of kind mock takes `mock`",
+        ),
     ],
 )
 def test_problem_names_line_and_path(text: str, expected: str) -> None:
@@ -201,14 +224,35 @@ def test_bad_clients_are_refused(clients: str, expected: str) -> None:
     assert any(expected in p for p in problems), problems
 
 
-def test_mock_provider_knobs_are_validated() -> None:
+def test_mock_provider_knobs_are_validated_each_at_its_key() -> None:
     problems = _problems("""
         providers:
-          m: {kind: mock, mock: {chunks: many}}
+          m:
+            kind: mock
+            mock: {chunks: many, scope: "a;hang", delay: 0.5}
         models:
           x: {targets: [m/mock-gpt]}
     """)
-    assert any(p.startswith("3: providers.m.mock") and "chunks" in p for p in problems), problems
+    assert len(problems) == 2
+    assert problems[0].startswith("5: providers.m.mock.chunks:")
+    assert problems[1].startswith("5: providers.m.mock.scope: expected a number, a string")
+
+
+def test_key_hash_written_as_a_block_is_refused_not_silently_broken() -> None:
+    problems = _problems(BASE + "clients:\n  a:\n    key_sha256: |\n      " + "a" * 64 + "\n")
+    assert problems == [
+        f'12: clients.a.key_sha256: expected 64 hex digits (sha256 of the key), got "{"a" * 64}\n"'
+    ]
+
+
+def test_env_values_can_fill_numbers_and_flags() -> None:
+    text = BASE.replace("kind: openai", "kind: openai\n    max_connections: ${CONNS}")
+    assert _parse(text, {"CONNS": "8"}).providers["up"].max_connections == 8
+
+
+def test_default_replaces_an_empty_variable_like_the_shell() -> None:
+    text = BASE.replace("http://127.0.0.1:9/v1", "${UP:-http://127.0.0.1:7/v1}")
+    assert _parse(text, {"UP": ""}).providers["up"].base_url == "http://127.0.0.1:7/v1"
 
 
 def test_invalid_yaml_is_reported_with_its_line() -> None:
