@@ -1,16 +1,15 @@
 """The access log: one JSON line per request, written off the event loop.
 
-Lines go through a `QueueHandler` to a `QueueListener` thread that writes them to stderr (or
-a file), so a slow terminal or pipe never stalls a request. No secrets are ever in a line:
-clients appear by name, providers by name, keys never.
+`write` only formats the line and puts it on a queue; a thread writes the queue to stderr (or
+a file) in batches, so a slow terminal or pipe never stalls a request. No secrets are ever in
+a line: clients appear by name, providers by name, keys never.
 """
 
 from __future__ import annotations
 
-import logging
-import logging.handlers
 import queue
 import sys
+import threading
 import time
 from typing import Any, TextIO
 
@@ -18,30 +17,49 @@ import orjson
 
 from gateway.model import Trace
 
-LOGGER_NAME = "savepoint.access"
-
 
 class AccessLog:
     def __init__(self, stream: TextIO | None = None):
-        self._queue: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-        handler = logging.StreamHandler(stream or sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        self._listener = logging.handlers.QueueListener(self._queue, handler)
-        self._logger = logging.Logger(LOGGER_NAME)  # not registered globally: one per app
-        self._logger.addHandler(logging.handlers.QueueHandler(self._queue))
-        self._logger.propagate = False
+        self._stream = stream or sys.stderr
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._listener.start()
+        self._thread = threading.Thread(
+            target=self._drain, name="savepoint-access-log", daemon=True
+        )
+        self._thread.start()
 
     def stop(self) -> None:
-        self._listener.stop()
+        """Write what is queued, then stop the thread."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=10)
+            self._thread = None
 
     def write(self, trace: Trace, now: float) -> None:
-        self._logger.info(line(trace, now))
+        self._queue.put(line(trace, now))
+
+    def _drain(self) -> None:
+        while True:
+            item = self._queue.get()
+            batch = []
+            while item is not None:
+                batch.append(item)
+                if len(batch) >= 512:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._stream.write(b"".join(batch).decode())
+                self._stream.flush()
+            if item is None:
+                return
 
 
-def line(trace: Trace, now: float) -> str:
+def line(trace: Trace, now: float) -> bytes:
     record: dict[str, Any] = {
         "ts": round(time.time(), 3),
         "request_id": trace.request_id,
@@ -64,4 +82,4 @@ def line(trace: Trace, now: float) -> str:
         u = trace.usage
         record["tokens"] = {"prompt": u.prompt_tokens, "completion": u.completion_tokens,
                             "total": u.total_tokens}  # fmt: skip
-    return orjson.dumps(record).decode()
+    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)

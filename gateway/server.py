@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 
@@ -69,7 +69,7 @@ def add_routes(app: web.Application) -> None:
 async def errors_and_access_log(request: web.Request, handler: _Handler) -> web.StreamResponse:
     if request.path in _PROBES:
         return await handler(request)
-    trace = Trace(uuid.uuid4().hex, request.method, request.path, time.monotonic())
+    trace = Trace(os.urandom(16).hex(), request.method, request.path, time.monotonic())
     request[TRACE] = trace
     try:
         response = await handler(request)

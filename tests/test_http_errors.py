@@ -29,7 +29,7 @@ def faulty(gateways: Gateways) -> Gateway:
             _provider("up", "scope=errors-ok"),
             _provider("rejects", "status=400;scope=errors-400"),
             _provider("down", "status=503;retry_after=7;scope=errors-503"),
-            _provider("garbled", "malformed;scope=errors-malformed"),
+            _provider("garbled", "malformed;chunk_delay=0.02;scope=errors-malformed"),
             _provider("html", "scope=errors-html", base="{mock}/not-an-api"),
             _provider("closed", "scope=none", base=f"http://127.0.0.1:{free_port()}/v1"),
         ]

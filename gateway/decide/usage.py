@@ -14,24 +14,32 @@ def usage_from_body(body: Any) -> Usage | None:
     return _usage(body.get("usage")) if isinstance(body, dict) else None
 
 
-def usage_from_event(endpoint: Endpoint, event: bytes) -> Usage | None:
-    """Usage carried by one SSE event, if any (chat: the include_usage chunk; Responses: the
-    terminal event's `response.usage`)."""
-    if b'"usage":{' not in event and b'"usage": {' not in event:
+def usage_from_run(endpoint: Endpoint, run: bytes) -> Usage | None:
+    """Usage carried by a run of SSE events, if any (chat: the include_usage chunk;
+    Responses: the terminal event's `response.usage`). Most runs carry none and cost one scan:
+    chunks without usage say `"usage":null`, or nothing."""
+    at = run.rfind(b'"usage":{')
+    if at < 0:
+        at = run.rfind(b'"usage": {')
+        if at < 0:
+            return None
+    start = run.rfind(b"\n", 0, at) + 1  # the data line holding it
+    end = run.find(b"\n", at)
+    line = run[start : end if end >= 0 else len(run)]
+    return _usage_of_data(endpoint, line[5:]) if line.startswith(b"data:") else None
+
+
+def _usage_of_data(endpoint: Endpoint, data: bytes) -> Usage | None:
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
         return None
-    for line in event.split(b"\n"):
-        if line.startswith(b"data:"):
-            try:
-                obj = orjson.loads(line[5:])
-            except orjson.JSONDecodeError:
-                return None
-            if not isinstance(obj, dict):
-                return None
-            if endpoint.typed_events:
-                response = obj.get("response")
-                return _usage(response.get("usage")) if isinstance(response, dict) else None
-            return _usage(obj.get("usage"))
-    return None
+    if not isinstance(obj, dict):
+        return None
+    if endpoint.typed_events:
+        response = obj.get("response")
+        return _usage(response.get("usage")) if isinstance(response, dict) else None
+    return _usage(obj.get("usage"))
 
 
 def _usage(raw: Any) -> Usage | None:

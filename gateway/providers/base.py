@@ -6,7 +6,7 @@ above this seam sees a library's exception.
 
 For a stream, `send` returns only once the first event has arrived (or fails with a timeout):
 until then nothing has been sent to the client, so the caller can still answer with an error
-status, or (later) retry elsewhere. After that, events come through `EventStream.next_batch`.
+status, or (later) retry elsewhere. After that, events come through `EventStream.next_run`.
 """
 
 from __future__ import annotations
@@ -30,15 +30,15 @@ class UpstreamRequest:
 
 
 class EventStream(Protocol):
-    """The rest of an upstream SSE stream, as complete events (raw bytes, separator included)."""
+    """The rest of an upstream SSE stream, as runs of complete events (verbatim bytes)."""
 
-    async def next_batch(self) -> list[bytes]:
-        """The next complete events; [] once the terminal event has been seen. Raises
+    async def next_run(self) -> bytes:
+        """The next complete events; b"" once the terminal event has been passed on. Raises
         `UpstreamError` if the stream breaks, stalls or ends without its terminal event."""
         ...
 
     def abort(self, reason: SavepointError) -> None:
-        """Stop reading now; the pending or next `next_batch` raises `reason`."""
+        """Stop reading now; the pending or next `next_run` raises `reason`."""
         ...
 
     def close(self) -> None: ...
@@ -49,7 +49,7 @@ class UpstreamReply:
     status: int
     headers: Mapping[str, str]  # only the headers worth passing on (request id, retry-after...)
     body: bytes = b""  # the whole body, unless this is a successful stream
-    first_events: tuple[bytes, ...] = ()
+    first_run: bytes = b""  # the stream's first events, already received
     events: EventStream | None = None
 
 

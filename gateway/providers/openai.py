@@ -21,7 +21,7 @@ from gateway.errors import (
     UpstreamUnreachable,
 )
 from gateway.providers.base import UpstreamReply, UpstreamRequest
-from gateway.providers.sse import Framer, is_malformed, is_terminal
+from gateway.providers.sse import Framer, first_malformed, terminal_end
 
 # Upstream response headers a client may care about. Provider rate-limit headers describe the
 # provider account, not the client's limits, so they are not passed on.
@@ -39,6 +39,7 @@ class OpenAIProvider:
         self._headers = headers
         self._secret = spec.api_key.reveal().encode() if spec.api_key is not None else b""
         self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     async def start(self, base_url: str | None = None) -> None:
         """Open the connection pool; `base_url` overrides the policy's (the in-process mock
@@ -60,6 +61,14 @@ class OpenAIProvider:
             await self._session.close()
             self._session = None
 
+    def _connect_timeout(self, seconds: float) -> aiohttp.ClientTimeout:
+        timeout = self._timeouts.get(seconds)
+        if timeout is None:  # one per distinct value, not one per request
+            timeout = self._timeouts[seconds] = aiohttp.ClientTimeout(
+                total=None, sock_connect=seconds
+            )
+        return timeout
+
     def scrub(self, body: bytes) -> bytes:
         """An upstream error body with our own provider key blanked out, should it echo it."""
         return body.replace(self._secret, b"***") if self._secret and self._secret in body else body
@@ -80,7 +89,7 @@ class OpenAIProvider:
                     self._base_url + request.endpoint.path,
                     data=request.body,
                     headers=headers,
-                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=t.connect),
+                    timeout=self._connect_timeout(t.connect),
                 )
                 passed = _passed_headers(response.headers)
                 if not request.stream or response.status != 200:
@@ -90,12 +99,12 @@ class OpenAIProvider:
                 stream = _Stream(
                     self.name, response, request.endpoint.typed_events, t.idle, deadline
                 )
-                first = await stream.next_batch()
+                first = await stream.next_run()
                 if not first:
                     raise UpstreamBadResponse(
                         f"provider `{self.name}` ended the stream with no event"
                     )
-                return UpstreamReply(200, passed, first_events=tuple(first), events=stream)
+                return UpstreamReply(200, passed, first_run=first, events=stream)
         # aiohttp's connect timeout is a TimeoutError too: match ClientError first
         except aiohttp.ClientError as e:
             _close(response)
@@ -118,18 +127,14 @@ class OpenAIProvider:
 
 
 class _Stream:
-    """The rest of one upstream stream (implements `EventStream`)."""
+    """The rest of one upstream stream (implements `EventStream`).
 
-    __slots__ = (
-        "_abort",
-        "_deadline",
-        "_done",
-        "_framer",
-        "_idle",
-        "_provider",
-        "_response",
-        "_typed",
-    )
+    Idle gaps and the total deadline are watched by one timer per stream that re-arms itself,
+    rather than a timeout context per read: a read costs no timer at all. When the timer
+    finds the stream late, it aborts it with the timeout error, exactly as a drain does."""
+
+    __slots__ = ("_abort", "_deadline", "_done", "_framer", "_idle", "_last", "_loop",
+                 "_provider", "_response", "_typed", "_watchdog")  # fmt: skip
 
     def __init__(
         self,
@@ -143,36 +148,37 @@ class _Stream:
         self._response = response
         self._typed = typed
         self._idle = idle
-        self._deadline = deadline
+        self._loop = asyncio.get_running_loop()
+        self._deadline = _loop_time(deadline)
+        self._last = self._loop.time()
         self._framer = Framer()
         self._done = False
         self._abort: SavepointError | None = None
+        self._watchdog = self._loop.call_at(min(self._last + idle, self._deadline), self._check)
 
-    async def next_batch(self) -> list[bytes]:
+    def _check(self) -> None:
+        now = self._loop.time()
+        if now >= self._deadline:
+            self.abort(UpstreamTimeout(
+                f"provider `{self._provider}` did not finish the stream in time (timeouts.total)",
+                code="deadline_exceeded",
+            ))  # fmt: skip
+        elif now >= self._last + self._idle:
+            self.abort(UpstreamTimeout(
+                f"provider `{self._provider}` sent nothing for {self._idle:g}s in the middle "
+                "of a stream (timeouts.idle)",
+                code="idle_timeout",
+            ))  # fmt: skip
+        else:
+            due = min(self._last + self._idle, self._deadline)
+            self._watchdog = self._loop.call_at(due, self._check)
+
+    async def next_run(self) -> bytes:
         while not self._done:
             if self._abort is not None:
                 raise self._abort
-            now = time.monotonic()
-            idle_by = now + self._idle
-            by = min(idle_by, self._deadline)
             try:
-                async with asyncio.timeout_at(_loop_time(by)):
-                    data = await self._response.content.readany()
-            except TimeoutError:
-                self.close()
-                if self._abort is not None:
-                    raise self._abort from None
-                if by < self._deadline:
-                    raise UpstreamTimeout(
-                        f"provider `{self._provider}` sent nothing for {self._idle:g}s in the "
-                        "middle of a stream (timeouts.idle)",
-                        code="idle_timeout",
-                    ) from None
-                raise UpstreamTimeout(
-                    f"provider `{self._provider}` did not finish the stream in time "
-                    "(timeouts.total)",
-                    code="deadline_exceeded",
-                ) from None
+                data = await self._response.content.readany()
             except aiohttp.ClientError as e:
                 self.close()
                 if self._abort is not None:
@@ -181,6 +187,7 @@ class _Stream:
                     f"provider `{self._provider}` broke the stream off: {type(e).__name__}",
                     code="upstream_stream_cut",
                 ) from None
+            self._last = self._loop.time()
             if not data:
                 self.close()
                 if self._abort is not None:
@@ -189,31 +196,36 @@ class _Stream:
                     f"provider `{self._provider}` ended the stream without its final event",
                     code="upstream_stream_truncated",
                 )
-            events = self._framer.feed(data)
-            for i, event in enumerate(events):
-                if is_malformed(event):
-                    # Hand out the good events first; the next call reports the bad one.
-                    self._abort = UpstreamBadResponse(
-                        f"provider `{self._provider}` sent a stream event that is not JSON",
-                        code="upstream_bad_response",
-                    )
-                    self.close()
-                    if i:
-                        return events[:i]
-                    raise self._abort
-                if is_terminal(event, self._typed):
-                    self._done = True
-                    self.close()
-                    return events[: i + 1]
-            if events:
-                return events
-        return []
+            run = self._framer.feed(data)
+            if not run:
+                continue
+            end = terminal_end(run, self._typed)
+            if end >= 0:
+                run = run[:end]
+            bad = first_malformed(run)
+            if bad >= 0:
+                # Hand out the good events first; the next call reports the bad one.
+                self._abort = UpstreamBadResponse(
+                    f"provider `{self._provider}` sent a stream event that is not JSON",
+                    code="upstream_bad_response",
+                )
+                self.close()
+                if bad:
+                    return run[:bad]
+                raise self._abort
+            if end >= 0:
+                self._done = True
+                self.close()
+            return run
+        return b""
 
     def abort(self, reason: SavepointError) -> None:
-        self._abort = reason
-        self._response.close()
+        if self._abort is None:
+            self._abort = reason
+        self.close()
 
     def close(self) -> None:
+        self._watchdog.cancel()
         if self._done:
             self._response.release()
         else:

@@ -1,21 +1,28 @@
-"""Server-sent events framing: bytes as they arrive -> complete events, forwarded verbatim.
+"""Server-sent events framing: bytes as they arrive -> runs of complete events, verbatim.
 
 Events end at a blank line. Line endings are normalised to `\\n` (openai-python accepts
 `\\r\\n`, `\\r` and `\\n`); comments (`: keep-alive`) pass through like any other event.
+
+A stream is relayed as *runs*: all the complete events one read delivered, as one bytes
+object, forwarded with one write. The checks every run needs (did the stream end? is an
+event broken?) are substring scans over the run; only when a scan hits is the run split
+into events.
 """
 
 from __future__ import annotations
 
 import orjson
 
-_DONE = b"data: [DONE]"
+_DONE = b"data: [DONE]\n\n"
 _TERMINAL_TYPES = (
-    b"event: response.completed",
-    b"event: response.failed",
-    b"event: response.incomplete",
-    b"event: error",
+    b"event: response.completed\n",
+    b"event: response.failed\n",
+    b"event: response.incomplete\n",
+    b"event: error\n",
 )
-_TERMINAL_DATA = tuple(b'"type":"' + t[7:] + b'"' for t in _TERMINAL_TYPES)
+_TERMINAL_DATA = tuple(b'"type":"' + t[7:-1] + b'"' for t in _TERMINAL_TYPES)
+# Any of these in a run means it may hold a terminal typed event (or mention one in its text).
+_TYPED_HINTS = (b"response.completed", b"response.failed", b"response.incomplete", b"error")
 
 
 class Framer:
@@ -24,16 +31,17 @@ class Framer:
     def __init__(self) -> None:
         self._buffer = b""
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes) -> bytes:
+        """The complete events received so far and not yet returned (b"" if none)."""
         if b"\r" in data:
             data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         buffer = self._buffer + data if self._buffer else data
         end = buffer.rfind(b"\n\n")
         if end < 0:
             self._buffer = buffer
-            return []
+            return b""
         self._buffer = buffer[end + 2 :]
-        return [event + b"\n\n" for event in buffer[:end].split(b"\n\n") if event.strip()]
+        return buffer[: end + 2]
 
     @property
     def pending(self) -> bytes:
@@ -41,8 +49,50 @@ class Framer:
         return self._buffer
 
 
+def split(run: bytes) -> list[bytes]:
+    """The events of a run, each with its blank-line separator."""
+    return [event + b"\n\n" for event in run.split(b"\n\n") if event.strip()]
+
+
+def terminal_end(run: bytes, typed: bool) -> int:
+    """The offset just past the event that ends the stream, or -1: `[DONE]` for chat and
+    completions; `response.completed` / `.failed` / `.incomplete` / `error` for Responses."""
+    if not typed:
+        i = run.find(_DONE)
+        while i > 0 and run[i - 2 : i] != b"\n\n":  # [DONE] must start an event
+            i = run.find(_DONE, i + 1)
+        return -1 if i < 0 else i + len(_DONE)
+    if not any(hint in run for hint in _TYPED_HINTS):
+        return -1
+    offset = 0
+    for event in split(run):
+        offset += len(event)
+        if is_terminal(event, typed=True):
+            return offset
+    return -1
+
+
+def first_malformed(run: bytes) -> int:
+    """The offset of the first event whose data is neither JSON nor `[DONE]`, or -1.
+
+    Only the run's last event is looked at on the fast path (does it end like a JSON object,
+    or is it `[DONE]`?), which costs nothing whatever the run's size; anything else (a
+    truncated object, a comment, odd spacing) makes the whole run be parsed event by event.
+    A model streams its tokens as they come, so a run is usually one event and every event
+    gets checked; when a provider bursts many events into one read, a broken event in the
+    middle of the burst passes through unchecked (scanning every byte of every run costs
+    about as much as the rest of the relay)."""
+    if run.endswith(b"}\n\n") or run.endswith(_DONE):
+        return -1
+    offset = 0
+    for event in split(run):
+        if is_malformed(event):
+            return offset
+        offset += len(event)
+    return -1
+
+
 def is_malformed(event: bytes) -> bool:
-    """Whether the event's data is neither JSON nor `[DONE]` (comments have no data)."""
     data = [line[5:] for line in event.split(b"\n") if line.startswith(b"data:")]
     if not data:
         return False
@@ -57,8 +107,6 @@ def is_malformed(event: bytes) -> bool:
 
 
 def is_terminal(event: bytes, typed: bool) -> bool:
-    """Whether this event ends the stream: `[DONE]` for chat and completions, a terminal
-    typed event (`response.completed`, `response.failed`, ...) for the Responses API."""
     if typed:
         if event.startswith(_TERMINAL_TYPES):
             return True

@@ -15,7 +15,7 @@ import orjson
 
 from gateway.config.schema import ModelSpec
 from gateway.decide.deadlines import effective_timeouts
-from gateway.decide.usage import usage_from_body, usage_from_event
+from gateway.decide.usage import usage_from_body, usage_from_run
 from gateway.downstream import Downstream
 from gateway.errors import (
     SavepointError,
@@ -92,14 +92,13 @@ async def _relay(
         await downstream.commit({**headers, **_SSE_HEADERS})
         trace.status, trace.first_byte = 200, time.monotonic()
         drain.streaming(events)
-        batch = list(reply.first_events)
-        while batch:
-            for event in batch:
-                usage = usage_from_event(call.endpoint, event)
-                if usage is not None:
-                    trace.usage = usage
-            await downstream.write(batch[0] if len(batch) == 1 else b"".join(batch))
-            batch = await events.next_batch()
+        run = reply.first_run
+        while run:
+            usage = usage_from_run(call.endpoint, run)
+            if usage is not None:
+                trace.usage = usage
+            await downstream.write(run)
+            run = await events.next_run()
     except SavepointError as error:
         trace.error_code = shape_of(error).code
         await downstream.write(stream_error_event(error, call.endpoint.typed_events))

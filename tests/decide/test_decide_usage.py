@@ -1,4 +1,4 @@
-from gateway.decide.usage import usage_from_body, usage_from_event
+from gateway.decide.usage import usage_from_body, usage_from_run
 from gateway.model import Endpoint, Usage
 
 
@@ -35,8 +35,17 @@ def test_chat_usage_chunk_is_read_and_null_usage_is_skipped() -> None:
         b'data: {"choices":[],"usage":'
         b'{"prompt_tokens":2,"completion_tokens":1,"total_tokens":3}}\n\n'
     )
-    assert usage_from_event(Endpoint.CHAT, chunk) == Usage(2, 1, 3)
-    assert usage_from_event(Endpoint.CHAT, b'data: {"choices":[{}],"usage":null}\n\n') is None
+    assert usage_from_run(Endpoint.CHAT, chunk) == Usage(2, 1, 3)
+    assert usage_from_run(Endpoint.CHAT, b'data: {"choices":[{}],"usage":null}\n\n') is None
+
+
+def test_usage_is_found_in_a_run_of_several_events() -> None:
+    run = (
+        b'data: {"choices":[{}],"usage":null}\n\n'
+        b'data: {"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}'
+        b"\n\ndata: [DONE]\n\n"
+    )
+    assert usage_from_run(Endpoint.CHAT, run) == Usage(5, 2, 7)
 
 
 def test_responses_usage_comes_from_the_terminal_event() -> None:
@@ -44,4 +53,4 @@ def test_responses_usage_comes_from_the_terminal_event() -> None:
         b'event: response.completed\ndata: {"type":"response.completed","response":'
         b'{"usage":{"input_tokens":4,"output_tokens":6,"total_tokens":10}}}\n\n'
     )
-    assert usage_from_event(Endpoint.RESPONSES, event) == Usage(4, 6, 10)
+    assert usage_from_run(Endpoint.RESPONSES, event) == Usage(4, 6, 10)
