@@ -40,6 +40,11 @@ class AccessLog:
     def write(self, trace: Trace, now: float) -> None:
         self._queue.put(line(trace, now))
 
+    def event(self, record: dict[str, Any]) -> None:
+        """A line about the gateway rather than a request (a breaker opening, say)."""
+        self._queue.put(orjson.dumps({"ts": round(time.time(), 3), **record},
+                                     option=orjson.OPT_APPEND_NEWLINE))  # fmt: skip
+
     def _drain(self) -> None:
         while True:
             item = self._queue.get()
@@ -78,6 +83,9 @@ def line(trace: Trace, now: float) -> bytes:
         record["ttfb_ms"] = round((trace.first_byte - trace.started) * 1000, 2)
     if trace.error_code:
         record["error"] = trace.error_code
+    if len(trace.attempts) > 1 or trace.fallback:
+        record["attempts"] = [[a.target, a.outcome, a.ms] for a in trace.attempts]
+        record["fallback"] = trace.fallback
     if trace.usage is not None:
         u = trace.usage
         record["tokens"] = {"prompt": u.prompt_tokens, "completion": u.completion_tokens,

@@ -14,13 +14,25 @@ from typing import TextIO
 from aiohttp import web
 
 from gateway.accesslog import AccessLog
+from gateway.admin import add_admin_routes
+from gateway.breakers import Health
 from gateway.config.schema import Policy, ProviderSpec
 from gateway.lifecycle import Drain
 from gateway.mock import Knobs, build_mock_app, parse_knob_header
 from gateway.pipeline import Pipeline
 from gateway.providers.base import Provider
 from gateway.providers.openai import OpenAIProvider
-from gateway.server import ACCESS_LOG, DRAIN, PIPELINE, POLICY, STARTED_AT, STORE, add_routes
+from gateway.server import (
+    ACCESS_LOG,
+    DRAIN,
+    HEALTH,
+    PIPELINE,
+    POLICY,
+    STARTED_AT,
+    STORE,
+    add_routes,
+)
+from gateway.stages.dispatch import Dispatcher
 from gateway.stores.base import Store
 from gateway.stores.redis import RedisStore
 from gateway.stores.sqlite import SqliteStore
@@ -37,12 +49,15 @@ def build_app(policy: Policy, log_stream: TextIO | None = None) -> web.Applicati
     app[STORE] = store
     app[ACCESS_LOG] = access_log
     app[STARTED_AT] = int(time.time())
-    app[PIPELINE] = Pipeline(policy, providers, drain)
+    health = Health(policy.breakers, access_log.event)
+    app[HEALTH] = health
+    app[PIPELINE] = Pipeline(policy, Dispatcher(providers, health, drain), drain)
     app.cleanup_ctx.append(_opened(access_log))
     app.cleanup_ctx.append(_opened_store(store))
     for name, spec in policy.providers.items():
         app.cleanup_ctx.append(_started_provider(spec, providers[name]))
     add_routes(app)
+    add_admin_routes(app)
     return app
 
 

@@ -5,6 +5,7 @@
     │   ├── InvalidRequest            400  bad JSON, a missing or wrong field
     │   ├── AuthenticationFailed      401  missing or unknown API key
     │   ├── ModelNotAllowed           403  the client may not use this model
+    │   ├── AdminNotConfigured        403  the admin API has no key and auth is on
     │   ├── ModelNotFound             404  no such model in the policy
     │   ├── RouteNotFound             404  no such URL
     │   ├── MethodNotAllowed          405
@@ -13,7 +14,8 @@
     ├── UpstreamError             502  the provider failed; the same request may work later
     │   ├── UpstreamUnreachable       502  connection refused, reset, DNS
     │   ├── UpstreamBadResponse       502  malformed JSON, a stream cut or truncated
-    │   └── UpstreamTimeout           504  connect, first byte, idle gap or total deadline
+    │   ├── UpstreamTimeout           504  connect, first byte, idle gap or total deadline
+    │   └── NoHealthyTarget           503  every deployment of the route is benched
     └── GatewayUnavailable            503  draining for shutdown
 
 Statuses, OpenAI error types and default codes live in `_TABLE` and nowhere else. Bodies
@@ -30,11 +32,19 @@ import orjson
 class SavepointError(Exception):
     """Base of every error the gateway renders itself."""
 
-    def __init__(self, message: str, *, code: str | None = None, param: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.code = code
         self.param = param
+        self.headers = headers or {}  # extra response headers (x-should-retry, retry-after...)
 
 
 class RequestError(SavepointError):
@@ -50,6 +60,10 @@ class AuthenticationFailed(RequestError):
 
 
 class ModelNotAllowed(RequestError):
+    pass
+
+
+class AdminNotConfigured(RequestError):
     pass
 
 
@@ -89,6 +103,10 @@ class UpstreamTimeout(UpstreamError):
     pass
 
 
+class NoHealthyTarget(UpstreamError):
+    pass
+
+
 class GatewayUnavailable(SavepointError):
     pass
 
@@ -104,6 +122,7 @@ _TABLE: dict[type[SavepointError], HttpShape] = {
     InvalidRequest: HttpShape(400, "invalid_request_error", "invalid_request"),
     AuthenticationFailed: HttpShape(401, "invalid_request_error", "invalid_api_key"),
     ModelNotAllowed: HttpShape(403, "invalid_request_error", "model_not_allowed"),
+    AdminNotConfigured: HttpShape(403, "invalid_request_error", "admin_not_configured"),
     ModelNotFound: HttpShape(404, "invalid_request_error", "model_not_found"),
     RouteNotFound: HttpShape(404, "invalid_request_error", "unknown_url"),
     MethodNotAllowed: HttpShape(405, "invalid_request_error", "method_not_allowed"),
@@ -113,6 +132,7 @@ _TABLE: dict[type[SavepointError], HttpShape] = {
     UpstreamUnreachable: HttpShape(502, "server_error", "upstream_unreachable"),
     UpstreamBadResponse: HttpShape(502, "server_error", "upstream_bad_response"),
     UpstreamTimeout: HttpShape(504, "server_error", "upstream_timeout"),
+    NoHealthyTarget: HttpShape(503, "server_error", "no_healthy_target"),
     GatewayUnavailable: HttpShape(503, "server_error", "shutting_down"),
 }
 

@@ -33,6 +33,31 @@ class Endpoint(enum.Enum):
         return self is Endpoint.RESPONSES
 
 
+class Failure(enum.Enum):
+    """Why an upstream attempt failed, as far as routing cares (`decide/failures.py` decides)."""
+
+    CONNECT = "connect_error"  # refused, reset, DNS, connect timeout
+    FIRST_BYTE_TIMEOUT = "first_byte_timeout"
+    IDLE_TIMEOUT = "idle_timeout"  # a stream went silent (after the commit point)
+    DEADLINE = "deadline_exceeded"  # the route's (or the client's) deadline ran out
+    SERVER_ERROR = "server_error"  # 5xx, 529, 408; a broken or malformed answer
+    RATE_LIMITED = "rate_limited"  # 429 that waiting can fix
+    QUOTA = "quota_exceeded"  # 429 insufficient_quota: waiting cannot fix it
+    CONTEXT_WINDOW = "context_window_exceeded"
+    CONTENT_FILTER = "content_filter"
+    CLIENT_ERROR = "client_error"  # any other 4xx: the request's fault, returned as it is
+
+    @property
+    def provider_health(self) -> bool:
+        """Whether it says something is wrong with the provider (counts for its breaker)."""
+        return self in _UNHEALTHY
+
+
+_UNHEALTHY = frozenset(
+    {Failure.CONNECT, Failure.FIRST_BYTE_TIMEOUT, Failure.IDLE_TIMEOUT, Failure.SERVER_ERROR}
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     """Who is calling: a client from the policy, or `anonymous` when auth is off."""
@@ -64,6 +89,15 @@ class Usage:
     reasoning_tokens: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One upstream call: where it went, how it ended ("ok" or a `Failure` value), how long."""
+
+    target: str
+    outcome: str
+    ms: float
+
+
 @dataclass(slots=True)
 class Trace:
     """What happened to one request, filled in by the stages, logged by accounting."""
@@ -81,4 +115,5 @@ class Trace:
     error_code: str | None = None
     first_byte: float | None = None
     usage: Usage | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    attempts: list[Attempt] = field(default_factory=list)
+    fallback: bool = False  # served (or failed) beyond the route's first group

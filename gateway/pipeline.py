@@ -11,7 +11,7 @@ recorded on the request's `Trace`, which the access log writes once the request 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from gateway.config.schema import Policy
@@ -22,8 +22,7 @@ from gateway.downstream import Downstream
 from gateway.errors import GatewayUnavailable
 from gateway.lifecycle import Drain
 from gateway.model import Endpoint, Principal, Trace
-from gateway.providers.base import Provider
-from gateway.stages.dispatch import dispatch
+from gateway.stages.dispatch import Dispatcher
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,9 +36,9 @@ class Inbound:
 
 
 class Pipeline:
-    def __init__(self, policy: Policy, providers: Mapping[str, Provider], drain: Drain):
+    def __init__(self, policy: Policy, dispatcher: Dispatcher, drain: Drain):
         self._policy = policy
-        self._providers = providers
+        self._dispatcher = dispatcher
         self._drain = drain
         self._clients = {
             key_hash: Principal(client.name, client.models)
@@ -62,7 +61,7 @@ class Pipeline:
             spec = resolve_model(self._policy, principal, call.model)
             # admit: rate limits, budgets, loop guard (issue 5)
             # cache / idempotency / run journal (issue 4)
-            await dispatch(self._providers, spec, call, raw, trace, downstream, self._drain)
+            await self._dispatcher.dispatch(spec, call, raw, trace, downstream)
         except asyncio.CancelledError:
             if not self._drain.expired or downstream.committed:
                 raise

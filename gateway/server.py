@@ -17,6 +17,7 @@ from functools import partial
 from aiohttp import web
 
 from gateway.accesslog import AccessLog
+from gateway.breakers import Health
 from gateway.config.schema import Policy
 from gateway.decide.auth import key_from_headers
 from gateway.decide.routing import may_use, visible_models
@@ -46,6 +47,7 @@ DRAIN = web.AppKey("drain", Drain)
 ACCESS_LOG = web.AppKey("access_log", AccessLog)
 STORE = web.AppKey("store", Store)
 STARTED_AT = web.AppKey("started_at", int)
+HEALTH = web.AppKey("health", Health)
 TRACE = web.RequestKey("trace", Trace)
 
 _PROBES = frozenset(("/healthz", "/readyz"))
@@ -102,7 +104,11 @@ def _render(
 ) -> web.Response:
     shape = shape_of(error)
     trace.status, trace.error_code = shape.status, shape.code
-    headers = {"x-request-id": trace.request_id, "Content-Type": "application/json"}
+    headers = {
+        **error.headers,
+        "x-request-id": trace.request_id,
+        "Content-Type": "application/json",
+    }
     if extra and "Allow" in extra:
         headers["Allow"] = extra["Allow"]
     return web.Response(status=shape.status, body=error_body(error), headers=headers)

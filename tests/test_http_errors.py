@@ -36,6 +36,9 @@ def faulty(gateways: Gateways) -> Gateway:
     )
     return gateways.start(f"""
 version: 1
+# one attempt per request: these tests are about what a single upstream call does
+retries: {{attempts_per_target: 1}}
+breakers: {{fail_max: 1000}}
 server: {{max_body_bytes: 4096}}
 store: {{path: "{{tmp}}/errors.db"}}
 providers:{providers}

@@ -62,6 +62,9 @@ def slow(gateways: Gateways, blackhole: int) -> Gateway:
     )
     return gateways.start(f"""
 version: 1
+# one attempt per request: these tests are about what a single upstream call does
+retries: {{attempts_per_target: 1}}
+breakers: {{fail_max: 1000}}
 store: {{path: "{{tmp}}/timeouts.db"}}
 providers:{providers}
 models:

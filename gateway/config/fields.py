@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from gateway.config.schema import Timeouts
+
 Path = tuple[str | int, ...]
 
 _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -19,6 +21,7 @@ _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*")
 _SIZE = re.compile(r"\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*")
 _SIZE_UNITS = {None: 1, "B": 1, "KB": 10**3, "KiB": 2**10, "MB": 10**6, "MiB": 2**20,
                "GB": 10**9, "GiB": 2**30}  # fmt: skip
+TIMEOUT_KEYS = ("connect", "first_byte", "idle", "total")
 _DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
@@ -176,3 +179,18 @@ def name(ctx: Problems, name: Any, path: Path, what: str) -> bool:
         return True
     ctx.problem(path, f"{show(name)} is not a valid {what} name (letters, digits, _ . : -)")
     return False
+
+
+def timeouts(ctx: Problems, value: Any, path: Path, base: Timeouts) -> Timeouts:
+    """Timeouts set here, the rest inherited from `base` and capped at the total: setting
+    `total: 10s` alone is enough for a short deadline; an explicit longer phase is an error."""
+    m = mapping(ctx, value, path, TIMEOUT_KEYS)
+    total = seconds(ctx, m, "total", path, base.total)
+    phases: list[float] = []
+    for k in ("connect", "first_byte", "idle"):
+        phase = seconds(ctx, m, k, path, getattr(base, k))
+        if k in m and phase > total:
+            ctx.problem((*path, k), f"{phase:g}s is longer than total ({total:g}s)")
+        phases.append(min(phase, total))
+    connect, first_byte, idle = phases
+    return Timeouts(connect=connect, first_byte=first_byte, idle=idle, total=total)

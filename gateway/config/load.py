@@ -10,27 +10,30 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
+from dataclasses import fields as dataclass_fields
 from typing import Any
 
 import yaml
 
-from gateway.config import fields
+from gateway.config import fields, routes
 from gateway.config.fields import Path
 from gateway.config.schema import (
+    BreakerSpec,
     ClientSpec,
-    ModelSpec,
     Policy,
     ProviderSpec,
+    RetrySpec,
     Secret,
     ServerSpec,
     StoreSpec,
-    TargetSpec,
     Timeouts,
 )
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_TOP_KEYS = ("version", "server", "store", "providers", "models", "clients")
-_TIMEOUT_KEYS = ("connect", "first_byte", "idle", "total")
+_TOP_KEYS = (
+    "version", "server", "store", "providers", "models", "clients", "retries", "breakers",
+    "admin",
+)  # fmt: skip
 _DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
 
 
@@ -81,21 +84,6 @@ def parse_policy(text: str, source: str, env: Mapping[str, str]) -> Policy:
     return policy
 
 
-def _timeouts(ctx: fields.Problems, value: Any, path: Path, base: Timeouts) -> Timeouts:
-    """Timeouts set here, the rest inherited from `base` and capped at the total: setting
-    `total: 10s` alone is enough for a short deadline; an explicit longer phase is an error."""
-    m = fields.mapping(ctx, value, path, _TIMEOUT_KEYS)
-    total = fields.seconds(ctx, m, "total", path, base.total)
-    phases: list[float] = []
-    for k in ("connect", "first_byte", "idle"):
-        seconds = fields.seconds(ctx, m, k, path, getattr(base, k))
-        if k in m and seconds > total:
-            ctx.problem((*path, k), f"{seconds:g}s is longer than total ({total:g}s)")
-        phases.append(min(seconds, total))
-    connect, first_byte, idle = phases
-    return Timeouts(connect=connect, first_byte=first_byte, idle=idle, total=total)
-
-
 def _policy(ctx: fields.Problems, data: Any, source: str) -> Policy | None:
     top = fields.mapping(ctx, data, (), _TOP_KEYS)
     version = top.get("version", 1)
@@ -106,11 +94,25 @@ def _policy(ctx: fields.Problems, data: Any, source: str) -> Policy | None:
     server = _server(ctx, top.get("server"))
     store = _store(ctx, top.get("store"))
     providers, disabled = _providers(ctx, top.get("providers"))
-    models, unavailable = _models(ctx, top.get("models"), providers, disabled)
+    default_retries = routes.retries(ctx, top.get("retries"), ("retries",), RetrySpec())
+    models, unavailable = routes.models(
+        ctx, top.get("models"), providers, disabled, default_retries
+    )
     clients = _clients(ctx, top.get("clients"), set(models) | set(unavailable))
     if not models and not unavailable and not ctx.problems:
         ctx.problem(("models",), "no models defined; add at least one under `models:`")
-    return Policy(source, server, store, providers, models, clients, unavailable, disabled)
+    return Policy(
+        source,
+        server,
+        store,
+        providers,
+        models,
+        clients,
+        unavailable,
+        disabled,
+        breakers=_breakers(ctx, top.get("breakers")),
+        admin_key_hashes=_admin(ctx, top.get("admin")),
+    )
 
 
 def _server(ctx: fields.Problems, value: Any) -> ServerSpec:
@@ -172,7 +174,7 @@ def _providers(ctx: fields.Problems, value: Any) -> tuple[dict[str, ProviderSpec
             base_url=base_url,
             api_key=key,
             headers=_headers(ctx, m.get("headers"), (*path, "headers")),
-            timeouts=_timeouts(ctx, m.get("timeouts"), (*path, "timeouts"), Timeouts()),
+            timeouts=fields.timeouts(ctx, m.get("timeouts"), (*path, "timeouts"), Timeouts()),
             max_connections=fields.integer(ctx, m, "max_connections", path, 256, 1),
             mock=_mock_knobs(ctx, m.get("mock"), (*path, "mock")) if kind == "mock" else "",
         )
@@ -245,64 +247,6 @@ def _knob(value: Any) -> str | None:
     return None if ";" in text else text
 
 
-def _models(
-    ctx: fields.Problems, value: Any, providers: dict[str, ProviderSpec], disabled: dict[str, str]
-) -> tuple[dict[str, ModelSpec], dict[str, str]]:
-    models: dict[str, ModelSpec] = {}
-    unavailable: dict[str, str] = {}
-    for name, spec in fields.mapping(ctx, value, ("models",)).items():
-        path: Path = ("models", name)
-        if not fields.name(ctx, name, path, "model"):
-            continue
-        m = fields.mapping(ctx, spec, path, ("targets", "owned_by"))
-        raw_targets = m.get("targets")
-        if not isinstance(raw_targets, list) or not raw_targets:
-            ctx.problem((*path, "targets"), "expected a non-empty list of targets")
-            continue
-        targets: list[TargetSpec] = []
-        reasons: list[str] = []
-        for i, raw in enumerate(raw_targets):
-            target = _target(ctx, raw, (*path, "targets", i), name, providers, disabled)
-            if isinstance(target, TargetSpec):
-                targets.append(target)
-            elif target:
-                reasons.append(target)
-        owned_by = fields.string(ctx, m, "owned_by", path, "savepoint") or "savepoint"
-        if targets:
-            models[name] = ModelSpec(name, tuple(targets), owned_by)
-        elif reasons:
-            unavailable[name] = "; ".join(reasons)
-    return models, unavailable
-
-
-def _target(
-    ctx: fields.Problems,
-    raw: Any,
-    path: Path,
-    model: str,
-    providers: dict[str, ProviderSpec],
-    disabled: dict[str, str],
-) -> TargetSpec | str | None:
-    """A target, or the reason it is switched off, or None after reporting a problem."""
-    if isinstance(raw, str):
-        name, _, upstream_name = raw.partition("/")
-        raw = {"provider": name, "model": upstream_name or model}
-    m = fields.mapping(ctx, raw, path, ("provider", "model", "timeouts"))
-    provider = fields.string(ctx, m, "provider", path, None)
-    upstream = fields.string(ctx, m, "model", path, model) or model
-    if provider in disabled:
-        return f"provider {provider!r} is switched off: {disabled[provider]}"
-    spec = providers.get(provider or "")
-    if spec is None:
-        known = ", ".join(sorted(providers)) or "none defined"
-        ctx.problem(
-            (*path, "provider"), f"unknown provider {fields.show(provider)} (known: {known})"
-        )
-        return None
-    timeouts = _timeouts(ctx, m.get("timeouts"), (*path, "timeouts"), spec.timeouts)
-    return TargetSpec(provider=spec.name, model=upstream, timeouts=timeouts)
-
-
 def _clients(ctx: fields.Problems, value: Any, model_names: set[str]) -> dict[str, ClientSpec]:
     clients: dict[str, ClientSpec] = {}
     owner: dict[str, str] = {}
@@ -311,33 +255,62 @@ def _clients(ctx: fields.Problems, value: Any, model_names: set[str]) -> dict[st
         if not fields.name(ctx, name, path, "client"):
             continue
         m = fields.mapping(ctx, spec, path, ("key_sha256", "key_env", "models"))
-        hashes: set[str] = set()
-        raw_hashes = m.get("key_sha256", [])
-        for i, h in enumerate(raw_hashes if isinstance(raw_hashes, list) else [raw_hashes]):
-            where = (
-                (*path, "key_sha256", i) if isinstance(raw_hashes, list) else (*path, "key_sha256")
-            )
-            if isinstance(h, str) and _SHA256.fullmatch(h.lower()):
-                hashes.add(h.lower())
-            else:
-                ctx.problem(
-                    where, f"expected 64 hex digits (sha256 of the key), got {fields.show(h)}"
-                )
-        env_name = fields.string(ctx, m, "key_env", path, None)
-        if env_name:
-            key = ctx.env.get(env_name, "")
-            if key:
-                hashes.add(hashlib.sha256(key.encode()).hexdigest())
-            else:
-                ctx.problem((*path, "key_env"), f"environment variable {env_name} is not set")
-        elif not raw_hashes:
-            ctx.problem(path, "a client needs key_sha256 or key_env")
+        hashes = _key_hashes(ctx, m, path, "a client")
         for h in hashes:
             if h in owner:
                 ctx.problem(path, f"uses the same API key as client {owner[h]!r}")
             owner[h] = name
         clients[name] = ClientSpec(name, frozenset(hashes), _allowed(ctx, m, path, model_names))
     return clients
+
+
+def _key_hashes(ctx: fields.Problems, m: dict[str, Any], path: Path, who: str) -> set[str]:
+    """The sha256 digests of the keys given as `key_sha256` (one or a list) and `key_env`."""
+    hashes: set[str] = set()
+    raw_hashes = m.get("key_sha256", [])
+    for i, h in enumerate(raw_hashes if isinstance(raw_hashes, list) else [raw_hashes]):
+        where = (*path, "key_sha256", i) if isinstance(raw_hashes, list) else (*path, "key_sha256")
+        if isinstance(h, str) and _SHA256.fullmatch(h.lower()):
+            hashes.add(h.lower())
+        else:
+            ctx.problem(where, f"expected 64 hex digits (sha256 of the key), got {fields.show(h)}")
+    env_name = fields.string(ctx, m, "key_env", path, None)
+    if env_name:
+        key = ctx.env.get(env_name, "")
+        if key:
+            hashes.add(hashlib.sha256(key.encode()).hexdigest())
+        else:
+            ctx.problem((*path, "key_env"), f"environment variable {env_name} is not set")
+    elif not raw_hashes:
+        ctx.problem(path, f"{who} needs key_sha256 or key_env")
+    return hashes
+
+
+def _admin(ctx: fields.Problems, value: Any) -> frozenset[str]:
+    if value is None:
+        return frozenset()
+    path: Path = ("admin",)
+    return frozenset(_key_hashes(ctx, fields.mapping(ctx, value, path, ("key_sha256", "key_env")),
+                                 path, "the admin API"))  # fmt: skip
+
+
+def _breakers(ctx: fields.Problems, value: Any) -> BreakerSpec:
+    path: Path = ("breakers",)
+    m = fields.mapping(ctx, value, path, tuple(f.name for f in dataclass_fields(BreakerSpec)))
+    d = BreakerSpec()
+    spec = BreakerSpec(
+        fail_max=fields.integer(ctx, m, "fail_max", path, d.fail_max, 1),
+        reset_timeout=fields.seconds(ctx, m, "reset_timeout", path, d.reset_timeout),
+        max_reset_timeout=fields.seconds(ctx, m, "max_reset_timeout", path, d.max_reset_timeout),
+        success_threshold=fields.integer(ctx, m, "success_threshold", path, d.success_threshold, 1),
+        rate_limit_cooldown=fields.seconds(
+            ctx, m, "rate_limit_cooldown", path, d.rate_limit_cooldown
+        ),
+        max_cooldown=fields.seconds(ctx, m, "max_cooldown", path, d.max_cooldown),
+    )
+    if spec.max_reset_timeout < spec.reset_timeout:
+        ctx.problem((*path, "max_reset_timeout"), "must be at least reset_timeout")
+    return spec
 
 
 def _allowed(

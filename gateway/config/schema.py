@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from gateway.model import Failure
+
 ProviderKind = Literal["openai", "mock"]
 StoreKind = Literal["sqlite", "redis"]
 
@@ -56,9 +58,14 @@ class ProviderSpec:
 
 @dataclass(frozen=True, slots=True)
 class TargetSpec:
+    """A deployment: one model at one provider. Its health (breaker, cooldown) is shared by
+    every route that uses it."""
+
     provider: str
     model: str  # the upstream model name
     timeouts: Timeouts  # the provider's, with this target's overrides applied
+    weight: float = 1.0  # share of the group's traffic under weighted balancing
+    context_window: int | None = None  # tokens; lets a context overflow move to a bigger one
 
     @property
     def label(self) -> str:
@@ -66,10 +73,67 @@ class TargetSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class GroupSpec:
+    """Deployments that stand in for each other, balanced; a route tries groups in order."""
+
+    targets: tuple[TargetSpec, ...]
+
+
+Balance = Literal["weighted", "least_in_flight"]
+DEFAULT_DEADLINE = 600.0
+
+# What moves a request on to the route's next group when its group cannot serve it.
+DEFAULT_FALLBACK_ON = frozenset(
+    {
+        Failure.CONNECT,
+        Failure.FIRST_BYTE_TIMEOUT,
+        Failure.SERVER_ERROR,
+        Failure.RATE_LIMITED,
+        Failure.QUOTA,
+        Failure.CONTEXT_WINDOW,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RetrySpec:
+    """Retries of the same deployment within one request (switching to another deployment
+    or group is not a retry). Backoff is full jitter: uniform(0, min(cap, base * 2**n))."""
+
+    attempts_per_target: int = 2
+    backoff_base: float = 0.25
+    backoff_cap: float = 8.0
+    budget_ratio: float = 0.2  # retrying requests <= ratio x active requests, per deployment
+    budget_min: int = 3  # ... but always at least this many
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerSpec:
+    """One circuit breaker per deployment (pybreaker): `fail_max` consecutive provider
+    failures open it; after `reset_timeout` one probe at a time may pass; each consecutive
+    re-open doubles the timeout up to `max_reset_timeout`."""
+
+    fail_max: int = 5
+    reset_timeout: float = 30.0
+    max_reset_timeout: float = 300.0
+    success_threshold: int = 2
+    rate_limit_cooldown: float = 5.0  # a 429 without Retry-After benches a deployment this long
+    max_cooldown: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
 class ModelSpec:
     name: str
-    targets: tuple[TargetSpec, ...]
+    groups: tuple[GroupSpec, ...]  # the fallback chain, fallback models already expanded
     owned_by: str = "savepoint"
+    deadline: float = DEFAULT_DEADLINE  # the whole chain, retries and backoff included
+    fallback_on: frozenset[Failure] = DEFAULT_FALLBACK_ON
+    balance: Balance = "weighted"
+    retries: RetrySpec = RetrySpec()
+
+    @property
+    def targets(self) -> tuple[TargetSpec, ...]:
+        return tuple(t for group in self.groups for t in group.targets)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +168,8 @@ class Policy:
     # requests for them get a 404 that says how to switch the provider on.
     unavailable: Mapping[str, str] = field(default_factory=dict)
     disabled_providers: Mapping[str, str] = field(default_factory=dict)
+    breakers: BreakerSpec = BreakerSpec()
+    admin_key_hashes: frozenset[str] = frozenset()  # empty: admin API open only with auth off
 
     @property
     def auth_enabled(self) -> bool:

@@ -1,139 +1,323 @@
-"""Dispatch: send the call to its target and relay the answer to the client.
+"""Dispatch: walk the route until a deployment answers, then relay the answer.
 
-Non-streamed answers and upstream errors are relayed whole, with the upstream status. A
-stream is relayed event by event, never buffered whole. Before the commit point (the first
-event reaching the client) a failure is an ordinary error reply; after it, a failure ends
-the stream with an OpenAI-shaped error event, never a clean finish.
+    for each group of the chain, from the first:
+        choose an available deployment of the group     (decide/balance.py)
+        attempt it; record the outcome on its health    (breakers.py)
+        success -> relay it (for a stream: the commit point)
+        failure -> retry it, switch, move to the next group, or give up   (decide/retry.py)
+
+Everything before the commit point may be retried or sent elsewhere; the client sees only
+the final answer, with `x-savepoint-target`, `x-savepoint-attempts` and
+`x-savepoint-fallback`. Giving up returns the last failure with `x-should-retry: false`: the
+gateway has retried already, and the SDK must not multiply that by three.
 """
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import orjson
 
-from gateway.config.schema import ModelSpec
-from gateway.decide.deadlines import effective_timeouts
-from gateway.decide.usage import usage_from_body, usage_from_run
-from gateway.downstream import Downstream
-from gateway.errors import (
-    SavepointError,
-    UpstreamBadResponse,
-    UpstreamError,
-    error_object,
-    shape_of,
-    stream_error_event,
+from gateway.breakers import Health
+from gateway.config.schema import ModelSpec, TargetSpec
+from gateway.decide.balance import Admission, Candidate, choose
+from gateway.decide.deadlines import attempt_timeouts, chain_budget
+from gateway.decide.failures import classify_error, classify_reply, retry_after
+from gateway.decide.retry import (
+    GiveUp,
+    NextGroup,
+    RetrySame,
+    Situation,
+    backoff,
+    budget_ok,
+    next_group,
+    next_step,
 )
+from gateway.downstream import Downstream
+from gateway.errors import NoHealthyTarget, UpstreamBadResponse, UpstreamError, UpstreamTimeout
 from gateway.lifecycle import Drain
-from gateway.model import Call, Trace
+from gateway.model import Attempt, Call, Failure, Trace
 from gateway.providers.base import Provider, UpstreamReply, UpstreamRequest
+from gateway.stages.relay import relay_error, relay_stream, relay_whole, reply_headers
 
-_JSON = "application/json"
-_SSE_HEADERS = {
-    "Content-Type": "text/event-stream; charset=utf-8",
-    "Cache-Control": "no-cache",
-    "X-Accel-Buffering": "no",  # tell a reverse proxy in front of us not to buffer the stream
-}
+_GIVE_UP = {"x-should-retry": "false"}
 
 
-async def dispatch(
-    providers: Mapping[str, Provider],
-    spec: ModelSpec,
-    call: Call,
-    raw: bytes,
-    trace: Trace,
-    downstream: Downstream,
-    drain: Drain,
-) -> None:
-    target = spec.targets[0]  # retries and fallbacks over the other targets: issue 3
-    provider = providers[target.provider]
-    trace.target = target.label
-    request = UpstreamRequest(
-        endpoint=call.endpoint,
-        body=_with_model(call, raw, target.model),
-        stream=call.stream,
-        timeouts=effective_timeouts(target.timeouts, call.read_timeout, call.stream),
-        request_id=trace.request_id,
-    )
-    reply = await provider.send(request)
-    trace.upstream_request_id = reply.headers.get("x-request-id")
-    headers = _reply_headers(reply, trace.request_id)
-    if reply.events is None:
-        trace.status = reply.status
-        if reply.status == 200:
-            try:
-                trace.usage = usage_from_body(orjson.loads(reply.body))
-            except orjson.JSONDecodeError:
-                raise UpstreamBadResponse(
-                    f"provider `{provider.name}` answered 200 with a body that is not JSON",
-                    code="upstream_bad_response",
-                ) from None
-            await downstream.reply(200, {**headers, "Content-Type": _JSON}, reply.body)
+@dataclass(slots=True)
+class _Outcome:
+    reply: UpstreamReply | None
+    error: UpstreamError | None
+    failure: Failure | None  # None: success
+    retry_after: float | None = None
+
+
+@dataclass(slots=True)
+class _Walk:
+    """Where one request is along its route."""
+
+    deadline: float
+    group: int = 0
+    current: str | None = None  # the deployment it is working on (counted active there)
+    force: TargetSpec | None = None  # retry this one next
+    retrying: str | None = None  # counted as retrying there until that retry has run
+    excluded: set[str] = field(default_factory=set)  # failed in this group: do not go back
+    tried: dict[str, int] = field(default_factory=dict)
+    last: _Outcome | None = None
+    last_target: TargetSpec | None = None
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        providers: Mapping[str, Provider],
+        health: Health,
+        drain: Drain,
+        rng: random.Random | None = None,
+    ):
+        self._providers = providers
+        self._health = health
+        self._drain = drain
+        self._rng = rng or random.Random()
+
+    async def dispatch(
+        self, spec: ModelSpec, call: Call, raw: bytes, trace: Trace, downstream: Downstream
+    ) -> None:
+        walk = _Walk(deadline=time.monotonic() + chain_budget(spec.deadline, call.read_timeout))
+        try:
+            while True:
+                target, probe = self._pick(spec, walk)
+                if target is None:
+                    if walk.group + 1 < len(spec.groups):
+                        walk.group, walk.excluded = walk.group + 1, set()
+                        continue
+                    return await self._give_up(spec, walk, trace, downstream)
+                self._move_to(walk, target.label)
+                remaining = walk.deadline - time.monotonic()
+                if remaining <= 0:
+                    raise UpstreamTimeout(
+                        f"the route of `{spec.name}` ran out of time after "
+                        f"{len(trace.attempts)} attempts (models.{spec.name}.deadline is "
+                        f"{spec.deadline:g}s; the client's own timeout may be shorter)",
+                        code="deadline_exceeded",
+                        headers=_GIVE_UP,
+                    )
+                outcome = await self._attempt(target, probe, call, raw, remaining, trace)
+                self._end_retry(walk)
+                walk.tried[target.label] = walk.tried.get(target.label, 0) + 1
+                walk.last, walk.last_target = outcome, target
+                trace.fallback = walk.group > 0
+                if outcome.failure is None:
+                    assert outcome.reply is not None
+                    return await self._answer(target, outcome.reply, call, trace, downstream)
+                if not await self._after_failure(spec, walk, target, outcome):
+                    return await self._give_up(spec, walk, trace, downstream)
+        finally:
+            self._end_retry(walk)
+            if walk.current is not None:
+                self._health.leave(walk.current)
+
+    def _end_retry(self, walk: _Walk) -> None:
+        if walk.retrying is not None:
+            self._health.end_retry(walk.retrying)
+            walk.retrying = None
+
+    def _pick(self, spec: ModelSpec, walk: _Walk) -> tuple[TargetSpec | None, bool]:
+        """The next deployment to try, and whether it is its breaker's half-open probe."""
+        if walk.force is not None:
+            target, walk.force = walk.force, None
+            verdict = self._health.admission(target.label)
+            if verdict is not Admission.SKIP:
+                return target, verdict is Admission.PROBE
+        group = spec.groups[walk.group]
+        verdicts = [self._health.admission(t.label) for t in group.targets]
+        candidates = [
+            Candidate(
+                weight=t.weight,
+                in_flight=self._health.active(t.label),
+                available=verdict is not Admission.SKIP
+                and t.label not in walk.excluded
+                and walk.tried.get(t.label, 0) < spec.retries.attempts_per_target,
+            )
+            for t, verdict in zip(group.targets, verdicts, strict=True)
+        ]
+        index = choose(candidates, spec.balance, self._rng.random())
+        if index is None:
+            return None, False
+        return group.targets[index], verdicts[index] is Admission.PROBE
+
+    def _move_to(self, walk: _Walk, label: str) -> None:
+        if walk.current != label:
+            if walk.current is not None:
+                self._health.leave(walk.current)
+            self._health.enter(label)
+            walk.current = label
+
+    async def _attempt(
+        self,
+        target: TargetSpec,
+        probe: bool,
+        call: Call,
+        raw: bytes,
+        remaining: float,
+        trace: Trace,
+    ) -> _Outcome:
+        label = target.label
+        provider = self._providers[target.provider]
+        body = (
+            raw
+            if target.model == call.model
+            else orjson.dumps({**call.body, "model": target.model})
+        )
+        request = UpstreamRequest(
+            endpoint=call.endpoint,
+            body=body,
+            stream=call.stream,
+            timeouts=attempt_timeouts(target.timeouts, call.read_timeout, call.stream, remaining),
+            request_id=trace.request_id,
+        )
+        if probe:
+            self._health.begin_probe(label)
+        started = time.monotonic()
+        try:
+            reply = await provider.send(request)
+        except UpstreamError as error:
+            outcome = _Outcome(None, error, classify_error(error))
+        except asyncio.CancelledError:
+            self._health.cancelled(label)
+            raise
         else:
-            body = _upstream_error_body(provider, reply)
-            await downstream.reply(reply.status, {**headers, "Content-Type": _JSON}, body)
-        return
-    await _relay(call, reply, headers, trace, downstream, drain)
+            outcome = _judge(provider, reply)
+        self._health.record(label, outcome.failure, outcome.retry_after)
+        ms = round((time.monotonic() - started) * 1000, 2)
+        trace.attempts.append(
+            Attempt(label, outcome.failure.value if outcome.failure else "ok", ms)
+        )
+        return outcome
+
+    async def _after_failure(
+        self, spec: ModelSpec, walk: _Walk, target: TargetSpec, outcome: _Outcome
+    ) -> bool:
+        """Carry out what `next_step` decides; False means give up."""
+        assert outcome.failure is not None
+        label, retries = target.label, spec.retries
+        attempts_here = walk.tried[label]
+        group = spec.groups[walk.group]
+        other = any(
+            t.label != label
+            and t.label not in walk.excluded
+            and walk.tried.get(t.label, 0) < retries.attempts_per_target
+            and self._health.admission(t.label) is not Admission.SKIP
+            for t in group.targets
+        )
+        step = next_step(
+            Situation(
+                failure=outcome.failure,
+                attempts_here=attempts_here,
+                max_attempts=retries.attempts_per_target,
+                other_target=other,
+                next_group=next_group(spec.groups, walk.group, outcome.failure, target),
+                fallback_on=spec.fallback_on,
+                retry_after=outcome.retry_after,
+                backoff=backoff(
+                    attempts_here - 1, retries.backoff_base, retries.backoff_cap, self._rng.random()
+                ),
+                remaining=walk.deadline - time.monotonic(),
+                budget_ok=budget_ok(
+                    self._health.active(label),
+                    self._health.retrying(label),
+                    retries.budget_ratio,
+                    retries.budget_min,
+                ),
+            )
+        )
+        if isinstance(step, GiveUp):
+            return False
+        if isinstance(step, RetrySame):
+            self._health.begin_retry(label)  # until the retry has run (see dispatch)
+            walk.retrying, walk.force = label, target
+            await asyncio.sleep(step.delay)
+        elif isinstance(step, NextGroup):
+            walk.group, walk.excluded = step.index, set()
+        else:  # SwitchTarget
+            walk.excluded.add(label)
+        return True
+
+    async def _answer(
+        self,
+        target: TargetSpec,
+        reply: UpstreamReply,
+        call: Call,
+        trace: Trace,
+        downstream: Downstream,
+    ) -> None:
+        trace.target = target.label
+        trace.upstream_request_id = reply.headers.get("x-request-id")
+        headers = reply_headers(reply, trace, _route_headers(target, trace))
+        if reply.events is None:
+            return await relay_whole(reply, headers, trace, downstream)
+
+        def broken(error: UpstreamError) -> None:  # mid-stream: still the provider's health
+            self._health.record(target.label, classify_error(error), None)
+
+        await relay_stream(call, reply, headers, trace, downstream, self._drain, broken)
+
+    async def _give_up(
+        self, spec: ModelSpec, walk: _Walk, trace: Trace, downstream: Downstream
+    ) -> None:
+        last, target = walk.last, walk.last_target
+        if last is None or target is None:
+            labels = [t.label for t in spec.targets]
+            wait = self._health.next_chance(labels)
+            headers = {"x-should-retry": "true" if wait <= 60 else "false",
+                       "retry-after": str(max(1, round(wait))),
+                       "retry-after-ms": str(round(wait * 1000))}  # fmt: skip
+            raise NoHealthyTarget(
+                f"no deployment of `{spec.name}` can take requests right now (circuit breakers "
+                f"open or rate-limit cooldowns: {', '.join(labels)}); retry in {wait:.1f}s",
+                headers=headers,
+            )
+        extra = {**_route_headers(target, trace), **_GIVE_UP}
+        if last.error is not None:
+            last.error.headers.update(extra)
+            raise last.error
+        assert last.reply is not None
+        trace.target = target.label
+        trace.upstream_request_id = last.reply.headers.get("x-request-id")
+        provider = self._providers[target.provider]
+        await relay_error(provider, last.reply, reply_headers(last.reply, trace, extra), trace,
+                          downstream)  # fmt: skip
 
 
-async def _relay(
-    call: Call,
-    reply: UpstreamReply,
-    headers: dict[str, str],
-    trace: Trace,
-    downstream: Downstream,
-    drain: Drain,
-) -> None:
-    events = reply.events
-    assert events is not None
+def _judge(provider: Provider, reply: UpstreamReply) -> _Outcome:
+    if reply.events is not None:
+        return _Outcome(reply, None, None)
+    failure = classify_reply(reply.status, reply.body)
+    if failure is not None:
+        return _Outcome(reply, None, failure, retry_after(reply.headers, time.time()))
+    if not _is_json(reply.body):
+        error = UpstreamBadResponse(
+            f"provider `{provider.name}` answered 200 with a body that is not JSON",
+            code="upstream_bad_response",
+        )
+        return _Outcome(None, error, Failure.SERVER_ERROR)
+    return _Outcome(reply, None, None)
+
+
+def _is_json(body: bytes) -> bool:
     try:
-        # ---- the commit point: from here on the status is 200, whatever happens upstream ----
-        await downstream.commit({**headers, **_SSE_HEADERS})
-        trace.status, trace.first_byte = 200, time.monotonic()
-        drain.streaming(events)
-        run = reply.first_run
-        while run:
-            usage = usage_from_run(call.endpoint, run)
-            if usage is not None:
-                trace.usage = usage
-            await downstream.write(run)
-            run = await events.next_run()
-    except SavepointError as error:
-        trace.error_code = shape_of(error).code
-        await downstream.write(stream_error_event(error, call.endpoint.typed_events))
-    finally:
-        events.close()
-    await downstream.finish()
-
-
-def _with_model(call: Call, raw: bytes, upstream_model: str) -> bytes:
-    if upstream_model == call.model:
-        return raw
-    return orjson.dumps({**call.body, "model": upstream_model})
-
-
-def _reply_headers(reply: UpstreamReply, request_id: str) -> dict[str, str]:
-    headers = dict(reply.headers)
-    headers.setdefault("x-request-id", request_id)
-    headers["x-savepoint-request-id"] = request_id
-    return headers
-
-
-def _upstream_error_body(provider: Provider, reply: UpstreamReply) -> bytes:
-    """The upstream's own error body when it is OpenAI-shaped, else one in OpenAI's shape that
-    quotes it; never with our provider key in it."""
-    body = provider.scrub(reply.body)
-    try:
-        parsed = orjson.loads(body)
+        orjson.loads(body)
     except orjson.JSONDecodeError:
-        parsed = None
-    if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
-        return body
-    excerpt = body[:300].decode("utf-8", "replace").strip()
-    error = UpstreamError(
-        f"provider `{provider.name}` answered {reply.status}: {excerpt or '(empty body)'}"
-    )
-    obj = error_object(error)
-    obj["type"] = "invalid_request_error" if reply.status < 500 else "server_error"
-    return orjson.dumps({"error": obj})
+        return False
+    return True
+
+
+def _route_headers(target: TargetSpec, trace: Trace) -> dict[str, str]:
+    return {
+        "x-savepoint-target": target.label,
+        "x-savepoint-attempts": str(len(trace.attempts)),
+        "x-savepoint-fallback": "true" if trace.fallback else "false",
+    }

@@ -1,0 +1,276 @@
+"""Loading the `models:` section into routes: fallback chains of balanced groups.
+
+    models:
+      gpt-4o:
+        targets:                       # the chain, tried in order; an entry is a group
+          - [openai/gpt-4o, {provider: azure, model: gpt-4o, weight: 2}]   # balanced group
+          - together/llama-3.1-70b     # a group of one
+        fallbacks: [gpt-4o-mini]       # then these models' own chains, recursively
+        deadline: 2m                   # the whole chain, retries and backoff included
+        fallback_on: [server_error, rate_limited, ...]
+        balance: weighted | least_in_flight
+        retries: {attempts_per_target: 2, ...}   # overrides the top-level `retries:`
+
+Fallback models are expanded here, once, into one flat chain per model; a loop is an error.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import fields as dataclass_fields
+from dataclasses import replace
+from typing import Any
+
+from gateway.config import fields
+from gateway.config.fields import Path
+from gateway.config.schema import (
+    DEFAULT_DEADLINE,
+    DEFAULT_FALLBACK_ON,
+    GroupSpec,
+    ModelSpec,
+    ProviderSpec,
+    RetrySpec,
+    TargetSpec,
+)
+from gateway.model import Failure
+
+_MODEL_KEYS = ("targets", "fallbacks", "owned_by", "deadline", "fallback_on", "balance", "retries")
+_TARGET_KEYS = ("provider", "model", "timeouts", "weight", "context_window")
+_RETRY_KEYS = tuple(f.name for f in dataclass_fields(RetrySpec))
+# Failures that can move a request on: not a client error (the request's own fault), not a
+# stream gone silent (after the commit point), not the deadline (no time left).
+_MOVABLE = tuple(
+    f for f in Failure if f not in (Failure.CLIENT_ERROR, Failure.IDLE_TIMEOUT, Failure.DEADLINE)
+)
+_TOKENS = re.compile(r"\s*(\d+)\s*([kK])?\s*")
+
+
+def retries(ctx: fields.Problems, value: Any, path: Path, base: RetrySpec) -> RetrySpec:
+    m = fields.mapping(ctx, value, path, _RETRY_KEYS)
+    spec = RetrySpec(
+        attempts_per_target=fields.integer(
+            ctx, m, "attempts_per_target", path, base.attempts_per_target, 1
+        ),
+        backoff_base=_seconds_or_zero(ctx, m, "backoff_base", path, base.backoff_base),
+        backoff_cap=_seconds_or_zero(ctx, m, "backoff_cap", path, base.backoff_cap),
+        budget_ratio=_ratio(ctx, m, "budget_ratio", path, base.budget_ratio),
+        budget_min=fields.integer(ctx, m, "budget_min", path, base.budget_min, 0),
+    )
+    if spec.backoff_cap < spec.backoff_base:
+        ctx.problem((*path, "backoff_cap"), "must be at least backoff_base")
+    return spec
+
+
+def models(
+    ctx: fields.Problems,
+    value: Any,
+    providers: dict[str, ProviderSpec],
+    disabled: dict[str, str],
+    default_retries: RetrySpec,
+) -> tuple[dict[str, ModelSpec], dict[str, str]]:
+    own: dict[str, ModelSpec] = {}
+    fallbacks: dict[str, list[str]] = {}
+    unavailable: dict[str, str] = {}
+    raw_models = fields.mapping(ctx, value, ("models",))
+    for name, spec in raw_models.items():
+        path: Path = ("models", name)
+        if not fields.name(ctx, name, path, "model"):
+            continue
+        m = fields.mapping(ctx, spec, path, _MODEL_KEYS)
+        if m.get("targets") is None and not m.get("fallbacks"):
+            ctx.problem((*path, "targets"), "expected a non-empty list of targets")
+        groups, reasons = _groups(ctx, m.get("targets"), (*path, "targets"), name, providers,
+                                  disabled)  # fmt: skip
+        fallbacks[name] = _fallbacks(ctx, m.get("fallbacks"), (*path, "fallbacks"), raw_models)
+        if reasons and not groups:
+            unavailable[name] = "; ".join(reasons)
+        model = ModelSpec(
+            name=name,
+            groups=tuple(groups),
+            owned_by=fields.string(ctx, m, "owned_by", path, "savepoint") or "savepoint",
+            deadline=fields.seconds(ctx, m, "deadline", path, DEFAULT_DEADLINE),
+            fallback_on=_fallback_on(ctx, m, path),
+            balance=_balance(ctx, m, path),
+            retries=retries(ctx, m.get("retries"), (*path, "retries"), default_retries),
+        )
+        _check_retries_fit(ctx, model, path if "retries" in m else ("retries",))
+        own[name] = model
+    chains = {name: _chain(ctx, name, own, fallbacks, ()) for name in own}
+    routes = {}
+    for name, model in own.items():
+        chain = chains[name]
+        if chain:
+            routes[name] = replace(model, groups=chain)
+            unavailable.pop(name, None)
+    return routes, unavailable
+
+
+def _groups(
+    ctx: fields.Problems,
+    raw: Any,
+    path: Path,
+    model: str,
+    providers: dict[str, ProviderSpec],
+    disabled: dict[str, str],
+) -> tuple[list[GroupSpec], list[str]]:
+    if raw is None:
+        return [], []
+    if not isinstance(raw, list) or not raw:
+        ctx.problem(path, "expected a non-empty list of targets")
+        return [], []
+    groups: list[GroupSpec] = []
+    reasons: list[str] = []
+    for i, entry in enumerate(raw):
+        members = entry if isinstance(entry, list) else [entry]
+        if not members:
+            ctx.problem((*path, i), "a group needs at least one target")
+        group: list[TargetSpec] = []
+        for j, item in enumerate(members):
+            where = (*path, i, j) if isinstance(entry, list) else (*path, i)
+            target = _target(ctx, item, where, model, providers, disabled)
+            if isinstance(target, TargetSpec):
+                group.append(target)
+            elif target:
+                reasons.append(target)
+        if group:
+            groups.append(GroupSpec(tuple(group)))
+    return groups, reasons
+
+
+def _target(
+    ctx: fields.Problems,
+    raw: Any,
+    path: Path,
+    model: str,
+    providers: dict[str, ProviderSpec],
+    disabled: dict[str, str],
+) -> TargetSpec | str | None:
+    """A target, or the reason it is switched off, or None after reporting a problem."""
+    if isinstance(raw, str):
+        name, _, upstream_name = raw.partition("/")
+        raw = {"provider": name, "model": upstream_name or model}
+    m = fields.mapping(ctx, raw, path, _TARGET_KEYS)
+    provider = fields.string(ctx, m, "provider", path, None)
+    upstream = fields.string(ctx, m, "model", path, model) or model
+    if provider in disabled:
+        return f"provider {provider!r} is switched off: {disabled[provider]}"
+    spec = providers.get(provider or "")
+    if spec is None:
+        known = ", ".join(sorted(providers)) or "none defined"
+        ctx.problem(
+            (*path, "provider"), f"unknown provider {fields.show(provider)} (known: {known})"
+        )
+        return None
+    weight = m.get("weight", 1)
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight > 0:
+        ctx.problem((*path, "weight"), f"expected a number above 0, got {fields.show(weight)}")
+        weight = 1
+    return TargetSpec(
+        provider=spec.name,
+        model=upstream,
+        timeouts=fields.timeouts(ctx, m.get("timeouts"), (*path, "timeouts"), spec.timeouts),
+        weight=float(weight),
+        context_window=_tokens(ctx, m, "context_window", path),
+    )
+
+
+def _fallbacks(ctx: fields.Problems, raw: Any, path: Path, known: dict[str, Any]) -> list[str]:
+    if raw is None:
+        return []
+    names = raw if isinstance(raw, list) else [raw]
+    for i, name in enumerate(names):
+        if name not in known:
+            ctx.problem((*path, i), f"unknown model {fields.show(name)}")
+    return [n for n in names if n in known]
+
+
+def _chain(
+    ctx: fields.Problems,
+    name: str,
+    own: dict[str, ModelSpec],
+    fallbacks: dict[str, list[str]],
+    visiting: tuple[str, ...],
+) -> tuple[GroupSpec, ...]:
+    """The model's groups, then each fallback model's chain; a group already in the chain
+    is not repeated."""
+    if name in visiting:
+        loop = " -> ".join((*visiting[visiting.index(name) :], name))
+        ctx.problem(("models", visiting[-1], "fallbacks"), f"fallback loop: {loop}")
+        return ()
+    if name not in own:
+        return ()
+    chain: list[GroupSpec] = list(own[name].groups)
+    for fallback in fallbacks.get(name, []):
+        for group in _chain(ctx, fallback, own, fallbacks, (*visiting, name)):
+            if group not in chain:
+                chain.append(group)
+    return tuple(chain)
+
+
+def _fallback_on(ctx: fields.Problems, m: dict[str, Any], path: Path) -> frozenset[Failure]:
+    raw = m.get("fallback_on")
+    if raw is None:
+        return DEFAULT_FALLBACK_ON
+    if not isinstance(raw, list):
+        ctx.problem((*path, "fallback_on"), f"expected a list, got {fields.show(raw)}")
+        return DEFAULT_FALLBACK_ON
+    found = set()
+    by_name = {f.value: f for f in _MOVABLE}
+    for i, item in enumerate(raw):
+        if item in by_name:
+            found.add(by_name[item])
+        else:
+            names = ", ".join(by_name)
+            ctx.problem((*path, "fallback_on", i), f"expected one of {names}, got {item!r}")
+    return frozenset(found)
+
+
+def _balance(ctx: fields.Problems, m: dict[str, Any], path: Path) -> Any:
+    balance = m.get("balance", "weighted")
+    if balance not in ("weighted", "least_in_flight"):
+        ctx.problem(
+            (*path, "balance"), f"expected weighted or least_in_flight, got {fields.show(balance)}"
+        )
+        return "weighted"
+    return balance
+
+
+def _check_retries_fit(ctx: fields.Problems, model: ModelSpec, path: Path) -> None:
+    """Refuse retry settings whose backoff alone could outlast the route's deadline."""
+    r = model.retries
+    worst = sum(min(r.backoff_cap, r.backoff_base * 2**n) for n in range(r.attempts_per_target - 1))
+    if worst >= model.deadline:
+        ctx.problem(
+            path,
+            f"model {model.name}: {r.attempts_per_target} attempts per target can back off for "
+            f"{worst:g}s, which does not fit in its {model.deadline:g}s deadline",
+        )
+
+
+def _seconds_or_zero(
+    ctx: fields.Problems, m: dict[str, Any], key: str, path: Path, default: float
+) -> float:
+    if m.get(key, default) in (0, "0", "0s", "0ms"):
+        return 0.0  # no backoff: for tests, and for providers that want an instant retry
+    return fields.seconds(ctx, m, key, path, default)
+
+
+def _ratio(ctx: fields.Problems, m: dict[str, Any], key: str, path: Path, default: float) -> float:
+    value = m.get(key, default)
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1:
+        return float(value)
+    ctx.problem((*path, key), f"expected a number from 0 to 1, got {fields.show(value)}")
+    return default
+
+
+def _tokens(ctx: fields.Problems, m: dict[str, Any], key: str, path: Path) -> int | None:
+    value = m.get(key)
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, str) and (match := _TOKENS.fullmatch(value)) and int(match.group(1)):
+        return int(match.group(1)) * (1000 if match.group(2) else 1)
+    ctx.problem((*path, key), f"expected a number of tokens (e.g. 128000 or 128k), got "
+                              f"{fields.show(value)}")  # fmt: skip
+    return None

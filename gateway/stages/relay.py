@@ -1,0 +1,109 @@
+"""Relaying an upstream answer to the client: whole, or as a stream past the commit point.
+
+A stream is relayed run by run (the complete events one upstream read delivered), never
+buffered whole. Once `commit` has sent the 200 and its headers, a failure can only end the
+stream with an OpenAI-shaped error event, never a clean finish.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+
+import orjson
+
+from gateway.decide.usage import usage_from_body, usage_from_run
+from gateway.downstream import Downstream
+from gateway.errors import SavepointError, UpstreamError, error_object, shape_of, stream_error_event
+from gateway.lifecycle import Drain
+from gateway.model import Call, Trace
+from gateway.providers.base import Provider, UpstreamReply
+
+_JSON = "application/json"
+_SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",  # tell a reverse proxy in front of us not to buffer the stream
+}
+
+
+def reply_headers(reply: UpstreamReply, trace: Trace, extra: Mapping[str, str]) -> dict[str, str]:
+    headers = dict(reply.headers)
+    headers.setdefault("x-request-id", trace.request_id)
+    headers["x-savepoint-request-id"] = trace.request_id
+    headers.update(extra)
+    return headers
+
+
+async def relay_whole(
+    reply: UpstreamReply, headers: dict[str, str], trace: Trace, downstream: Downstream
+) -> None:
+    """A complete 200 answer (its JSON already checked)."""
+    trace.status = 200
+    trace.usage = usage_from_body(orjson.loads(reply.body))
+    await downstream.reply(200, {**headers, "Content-Type": _JSON}, reply.body)
+
+
+async def relay_error(
+    provider: Provider,
+    reply: UpstreamReply,
+    headers: dict[str, str],
+    trace: Trace,
+    downstream: Downstream,
+) -> None:
+    """An upstream error answer, with its status."""
+    trace.status = reply.status
+    body = upstream_error_body(provider, reply)
+    await downstream.reply(reply.status, {**headers, "Content-Type": _JSON}, body)
+
+
+async def relay_stream(
+    call: Call,
+    reply: UpstreamReply,
+    headers: dict[str, str],
+    trace: Trace,
+    downstream: Downstream,
+    drain: Drain,
+    on_break: Callable[[UpstreamError], None],
+) -> None:
+    events = reply.events
+    assert events is not None
+    try:
+        # ---- the commit point: from here on the status is 200, whatever happens upstream ----
+        await downstream.commit({**headers, **_SSE_HEADERS})
+        trace.status, trace.first_byte = 200, time.monotonic()
+        drain.streaming(events)
+        run = reply.first_run
+        while run:
+            usage = usage_from_run(call.endpoint, run)
+            if usage is not None:
+                trace.usage = usage
+            await downstream.write(run)
+            run = await events.next_run()
+    except SavepointError as error:
+        trace.error_code = shape_of(error).code
+        if isinstance(error, UpstreamError):
+            on_break(error)
+        await downstream.write(stream_error_event(error, call.endpoint.typed_events))
+    finally:
+        events.close()
+    await downstream.finish()
+
+
+def upstream_error_body(provider: Provider, reply: UpstreamReply) -> bytes:
+    """The upstream's own error body when it is OpenAI-shaped, else one in OpenAI's shape that
+    quotes it; never with our provider key in it."""
+    body = provider.scrub(reply.body)
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+        return body
+    excerpt = body[:300].decode("utf-8", "replace").strip()
+    error = UpstreamError(
+        f"provider `{provider.name}` answered {reply.status}: {excerpt or '(empty body)'}"
+    )
+    obj = error_object(error)
+    obj["type"] = "invalid_request_error" if reply.status < 500 else "server_error"
+    return orjson.dumps({"error": obj})
