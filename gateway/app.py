@@ -7,6 +7,8 @@ Nothing is created at import time.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import TextIO
@@ -17,6 +19,7 @@ from gateway.accesslog import AccessLog
 from gateway.admin import add_admin_routes
 from gateway.breakers import Health
 from gateway.config.schema import Policy, ProviderSpec
+from gateway.ejections import EjectionSync
 from gateway.lifecycle import Drain
 from gateway.mock import Knobs, build_mock_app, parse_knob_header
 from gateway.pipeline import Pipeline
@@ -49,11 +52,14 @@ def build_app(policy: Policy, log_stream: TextIO | None = None) -> web.Applicati
     app[STORE] = store
     app[ACCESS_LOG] = access_log
     app[STARTED_AT] = int(time.time())
-    health = Health(policy.breakers, access_log.event)
+    targets = sorted({t.label for m in policy.models.values() for t in m.targets})
+    ejections = EjectionSync(store, targets, access_log.event)
+    health = Health(policy.breakers, access_log.event, on_open=ejections.opened)
     app[HEALTH] = health
     app[PIPELINE] = Pipeline(policy, Dispatcher(providers, health, drain), drain)
     app.cleanup_ctx.append(_opened(access_log))
     app.cleanup_ctx.append(_opened_store(store))
+    app.cleanup_ctx.append(_sharing_ejections(ejections, health))
     for name, spec in policy.providers.items():
         app.cleanup_ctx.append(_started_provider(spec, providers[name]))
     add_routes(app)
@@ -81,6 +87,20 @@ def _opened_store(store: Store) -> Callable[[web.Application], AsyncIterator[Non
         await store.open()
         yield
         await store.close()
+
+    return ctx
+
+
+def _sharing_ejections(
+    ejections: EjectionSync, health: Health
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        poller = asyncio.get_running_loop().create_task(ejections.run(health))
+        yield
+        poller.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await poller
+        await ejections.stop()
 
     return ctx
 

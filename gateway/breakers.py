@@ -55,10 +55,15 @@ class _Deployment:
 
 class Health:
     def __init__(
-        self, spec: BreakerSpec, events: EventSink, clock: Callable[[], float] = time.monotonic
+        self,
+        spec: BreakerSpec,
+        events: EventSink,
+        on_open: Callable[[str, float], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self._spec = spec
         self._events = events
+        self._on_open = on_open  # told (deployment, reset timeout) when a breaker opens here
         self._clock = clock
         self._deployments: dict[str, _Deployment] = {}
 
@@ -128,10 +133,10 @@ class Health:
         slot, if this was the probe, is free again."""
         self._get(label).probing = False
 
-    def eject(self, label: str, until: float) -> None:
-        """Another replica opened this deployment's breaker; skip it until `until`."""
+    def eject(self, label: str, seconds: float) -> None:
+        """Another replica opened this deployment's breaker: skip it for `seconds`."""
         d = self._get(label)
-        d.ejected_until = max(d.ejected_until, until)
+        d.ejected_until = max(d.ejected_until, self._clock() + seconds)
 
     def next_chance(self, labels: list[str]) -> float:
         """Seconds until the first of these deployments may be tried again."""
@@ -169,6 +174,8 @@ class Health:
             d.breaker.reset_timeout = min(
                 self._spec.max_reset_timeout, self._spec.reset_timeout * 2.0**d.reopens
             )
+            if self._on_open is not None:
+                self._on_open(d.label, d.breaker.reset_timeout)
         elif new == "closed":
             d.opened_at = None
             d.reopens = 0

@@ -19,6 +19,7 @@ RANK = {
     "gateway.stores": 3,
     "gateway.downstream": 3,
     "gateway.lifecycle": 3,
+    "gateway.ejections": 4,
     "gateway.accesslog": 3,
     "gateway.breakers": 3,
     "gateway.stages": 4,

@@ -93,7 +93,7 @@ def models(
             balance=_balance(ctx, m, path),
             retries=retries(ctx, m.get("retries"), (*path, "retries"), default_retries),
         )
-        _check_retries_fit(ctx, model, path if "retries" in m else ("retries",))
+        _check_retries_fit(ctx, model, (*path, "retries") if "retries" in m else ("retries",))
         own[name] = model
     chains = {name: _chain(ctx, name, own, fallbacks, ()) for name in own}
     routes = {}

@@ -1,13 +1,15 @@
 """The store seam. Every shared or durable state goes through a `Store`.
 
 Implementations translate their library's exceptions into `StoreUnavailable`, and never block
-the event loop (SQLite runs in a worker thread; Redis uses redis.asyncio). This issue's gateway
-only opens the store and checks it for /readyz; the cache, idempotency records, run journals,
-limits and the usage ledger add their operations here.
+the event loop (SQLite runs in a worker thread; Redis uses redis.asyncio). Today it holds the
+ejections that replicas share (a deployment whose breaker opened in one replica is skipped by
+all); the cache, idempotency records, run journals, limits and the usage ledger add their
+operations here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 
@@ -27,3 +29,11 @@ class Store(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+    async def eject(self, target: str, seconds: float) -> None:
+        """Tell the other replicas that `target` is ejected (its breaker opened) for `seconds`."""
+        ...
+
+    async def ejections(self, targets: Sequence[str]) -> dict[str, float]:
+        """Seconds left on each of these targets' ejections, for those ejected."""
+        ...

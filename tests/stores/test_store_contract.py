@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -126,3 +127,25 @@ models: {{x: {{targets: [m/mock-gpt]}}}}
         model="x", messages=[{"role": "user", "content": "hi"}]
     )
     assert reply.choices[0].message.content
+
+
+def test_ejections_are_shared_and_expire(store: Store) -> None:
+    target = f"contract-{os.getpid()}-{time.monotonic_ns()}/m"
+
+    async def run() -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+        await store.open()
+        try:
+            assert await store.ejections([target]) == {}
+            await store.eject(target, 0.3)
+            live = await store.ejections([target, "never/ejected"])
+            await store.eject(target, 0.1)  # a shorter ejection does not cut a longer one
+            still = await store.ejections([target])
+            await asyncio.sleep(0.35)
+            return live, still, await store.ejections([target])
+        finally:
+            await store.close()
+
+    live, still, expired = asyncio.run(run())
+    assert list(live) == [target] and 0.2 < live[target] <= 0.3
+    assert 0.15 < still[target] <= 0.3
+    assert expired == {}
