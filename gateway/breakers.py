@@ -7,7 +7,9 @@ with a synchronous `breaker.call`. Admission is ours (`decide/balance.admission`
 breaker is skipped without a call; once its reset timeout has passed exactly one request is
 let through as the half-open probe. Each consecutive re-open doubles the reset timeout, up to
 `max_reset_timeout`. A 429 does not count against the breaker: it benches the deployment for
-its Retry-After instead. Client errors and cancelled requests count for nothing.
+its Retry-After instead. A client error (any other 4xx) counts as a success: the provider
+answered (SEMANTICS.md §4.6). The gateway's own deadline and cancelled requests count for
+nothing.
 """
 
 from __future__ import annotations
@@ -116,6 +118,8 @@ class Health:
         """The outcome of one attempt (None: it succeeded)."""
         d = self._get(label)
         d.probing = False
+        if failure is Failure.DEADLINE:
+            return  # our deadline, not the provider's fault
         if failure in (Failure.RATE_LIMITED, Failure.QUOTA):
             wait = self._spec.max_cooldown if failure is Failure.QUOTA else retry_after
             wait = min(self._spec.max_cooldown, wait or self._spec.rate_limit_cooldown)
@@ -123,10 +127,13 @@ class Health:
             self._events({"event": "cooldown", "target": label, "seconds": round(wait, 3),
                           "reason": failure.value})  # fmt: skip
             return
+        healthy = failure is None or not failure.provider_health
+        if healthy and d.breaker.fail_counter == 0 and d.breaker.current_state == "closed":
+            return  # the common case: a success would change nothing, skip pybreaker's lock
         # Raises when it counts a failure, or refuses a call while open (an attempt admitted
         # before the breaker opened): either way the verdict is recorded or moot.
         with contextlib.suppress(_Tripped, pybreaker.CircuitBreakerError):
-            d.breaker.call(_fail if failure is not None and failure.provider_health else _ok)
+            d.breaker.call(_ok if healthy else _fail)
 
     def cancelled(self, label: str) -> None:
         """The client went away mid-attempt: no verdict on the provider, but the probe

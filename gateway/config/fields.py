@@ -140,14 +140,22 @@ def boolean(ctx: Problems, m: dict[str, Any], key: str, path: Path, default: boo
 
 
 def integer(
-    ctx: Problems, m: dict[str, Any], key: str, path: Path, default: int, minimum: int
+    ctx: Problems,
+    m: dict[str, Any],
+    key: str,
+    path: Path,
+    default: int,
+    minimum: int,
+    maximum: int | None = None,
 ) -> int:
     value = m.get(key, default)
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         value = int(value)  # from a ${VAR}
-    if isinstance(value, int) and not isinstance(value, bool) and value >= minimum:
-        return value
-    ctx.problem((*path, key), f"expected an integer >= {minimum}, got {show(value)}")
+    in_range = isinstance(value, int) and value >= minimum and value <= (maximum or value)
+    if in_range and not isinstance(value, bool):
+        return int(value)
+    bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+    ctx.problem((*path, key), f"expected an integer {bounds}, got {show(value)}")
     return default
 
 

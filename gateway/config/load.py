@@ -96,7 +96,7 @@ def _policy(ctx: fields.Problems, data: Any, source: str) -> Policy | None:
     providers, disabled = _providers(ctx, top.get("providers"))
     default_retries = routes.retries(ctx, top.get("retries"), ("retries",), RetrySpec())
     models, unavailable = routes.models(
-        ctx, top.get("models"), providers, disabled, default_retries
+        ctx, top.get("models"), providers, disabled, default_retries, "retries" in top
     )
     clients = _clients(ctx, top.get("clients"), set(models) | set(unavailable))
     if not models and not unavailable and not ctx.problems:
@@ -105,7 +105,7 @@ def _policy(ctx: fields.Problems, data: Any, source: str) -> Policy | None:
         source,
         server,
         store,
-        providers,
+        {name: spec for name, spec in providers.items() if name not in disabled},  # no pools
         models,
         clients,
         unavailable,
@@ -178,8 +178,7 @@ def _providers(ctx: fields.Problems, value: Any) -> tuple[dict[str, ProviderSpec
             max_connections=fields.integer(ctx, m, "max_connections", path, 256, 1),
             mock=_mock_knobs(ctx, m.get("mock"), (*path, "mock")) if kind == "mock" else "",
         )
-        if name not in disabled:  # a switched-off provider gets no connection pool
-            providers[name] = spec
+        providers[name] = spec  # switched-off ones too: their targets are still checked
     return providers, disabled
 
 
@@ -310,6 +309,8 @@ def _breakers(ctx: fields.Problems, value: Any) -> BreakerSpec:
     )
     if spec.max_reset_timeout < spec.reset_timeout:
         ctx.problem((*path, "max_reset_timeout"), "must be at least reset_timeout")
+    if spec.max_cooldown < spec.rate_limit_cooldown:
+        ctx.problem((*path, "max_cooldown"), "must be at least rate_limit_cooldown")
     return spec
 
 

@@ -49,14 +49,14 @@ def retries(ctx: fields.Problems, value: Any, path: Path, base: RetrySpec) -> Re
     m = fields.mapping(ctx, value, path, _RETRY_KEYS)
     spec = RetrySpec(
         attempts_per_target=fields.integer(
-            ctx, m, "attempts_per_target", path, base.attempts_per_target, 1
+            ctx, m, "attempts_per_target", path, base.attempts_per_target, 1, maximum=10
         ),
         backoff_base=_seconds_or_zero(ctx, m, "backoff_base", path, base.backoff_base),
         backoff_cap=_seconds_or_zero(ctx, m, "backoff_cap", path, base.backoff_cap),
         budget_ratio=_ratio(ctx, m, "budget_ratio", path, base.budget_ratio),
         budget_min=fields.integer(ctx, m, "budget_min", path, base.budget_min, 0),
     )
-    if spec.backoff_cap < spec.backoff_base:
+    if spec.backoff_cap < spec.backoff_base and ("backoff_cap" in m or "backoff_base" in m):
         ctx.problem((*path, "backoff_cap"), "must be at least backoff_base")
     return spec
 
@@ -67,6 +67,7 @@ def models(
     providers: dict[str, ProviderSpec],
     disabled: dict[str, str],
     default_retries: RetrySpec,
+    has_top_retries: bool,
 ) -> tuple[dict[str, ModelSpec], dict[str, str]]:
     own: dict[str, ModelSpec] = {}
     fallbacks: dict[str, list[str]] = {}
@@ -93,15 +94,22 @@ def models(
             balance=_balance(ctx, m, path),
             retries=retries(ctx, m.get("retries"), (*path, "retries"), default_retries),
         )
-        _check_retries_fit(ctx, model, (*path, "retries") if "retries" in m else ("retries",))
+        where: Path = (*path, "retries") if "retries" in m else ("retries",)
+        if "retries" not in m and not has_top_retries:
+            where = (*path, "deadline")  # the defaults do not fit this model's deadline
+        _check_retries_fit(ctx, model, where)
         own[name] = model
-    chains = {name: _chain(ctx, name, own, fallbacks, ()) for name in own}
+    loops: set[frozenset[str]] = set()
+    chains = {name: _chain(ctx, name, own, fallbacks, (), loops) for name in own}
     routes = {}
     for name, model in own.items():
         chain = chains[name]
         if chain:
             routes[name] = replace(model, groups=chain)
             unavailable.pop(name, None)
+        elif name not in unavailable and fallbacks[name]:
+            reasons = [unavailable[f] for f in fallbacks[name] if f in unavailable]
+            unavailable[name] = "; ".join(reasons) or "none of its fallbacks is available"
     return routes, unavailable
 
 
@@ -152,8 +160,6 @@ def _target(
     m = fields.mapping(ctx, raw, path, _TARGET_KEYS)
     provider = fields.string(ctx, m, "provider", path, None)
     upstream = fields.string(ctx, m, "model", path, model) or model
-    if provider in disabled:
-        return f"provider {provider!r} is switched off: {disabled[provider]}"
     spec = providers.get(provider or "")
     if spec is None:
         known = ", ".join(sorted(providers)) or "none defined"
@@ -162,26 +168,32 @@ def _target(
         )
         return None
     weight = m.get("weight", 1)
-    if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight > 0:
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 < weight < 1e9:
         ctx.problem((*path, "weight"), f"expected a number above 0, got {fields.show(weight)}")
         weight = 1
-    return TargetSpec(
+    target = TargetSpec(
         provider=spec.name,
         model=upstream,
         timeouts=fields.timeouts(ctx, m.get("timeouts"), (*path, "timeouts"), spec.timeouts),
         weight=float(weight),
         context_window=_tokens(ctx, m, "context_window", path),
     )
+    if spec.name in disabled:
+        return f"provider {spec.name!r} is switched off: {disabled[spec.name]}"
+    return target
 
 
 def _fallbacks(ctx: fields.Problems, raw: Any, path: Path, known: dict[str, Any]) -> list[str]:
     if raw is None:
         return []
+    if not isinstance(raw, list | str):
+        ctx.problem(path, f"expected a list of model names, got {fields.show(raw)}")
+        return []
     names = raw if isinstance(raw, list) else [raw]
     for i, name in enumerate(names):
-        if name not in known:
+        if not isinstance(name, str) or name not in known:
             ctx.problem((*path, i), f"unknown model {fields.show(name)}")
-    return [n for n in names if n in known]
+    return [n for n in names if isinstance(n, str) and n in known]
 
 
 def _chain(
@@ -190,18 +202,22 @@ def _chain(
     own: dict[str, ModelSpec],
     fallbacks: dict[str, list[str]],
     visiting: tuple[str, ...],
+    loops: set[frozenset[str]],
 ) -> tuple[GroupSpec, ...]:
     """The model's groups, then each fallback model's chain; a group already in the chain
-    is not repeated."""
+    is not repeated. Each loop is reported once, however many models lead into it."""
     if name in visiting:
-        loop = " -> ".join((*visiting[visiting.index(name) :], name))
-        ctx.problem(("models", visiting[-1], "fallbacks"), f"fallback loop: {loop}")
+        cycle = visiting[visiting.index(name) :]
+        if frozenset(cycle) not in loops:
+            loops.add(frozenset(cycle))
+            loop = " -> ".join((*cycle, name))
+            ctx.problem(("models", visiting[-1], "fallbacks"), f"fallback loop: {loop}")
         return ()
     if name not in own:
         return ()
     chain: list[GroupSpec] = list(own[name].groups)
     for fallback in fallbacks.get(name, []):
-        for group in _chain(ctx, fallback, own, fallbacks, (*visiting, name)):
+        for group in _chain(ctx, fallback, own, fallbacks, (*visiting, name), loops):
             if group not in chain:
                 chain.append(group)
     return tuple(chain)
@@ -217,11 +233,12 @@ def _fallback_on(ctx: fields.Problems, m: dict[str, Any], path: Path) -> frozens
     found = set()
     by_name = {f.value: f for f in _MOVABLE}
     for i, item in enumerate(raw):
-        if item in by_name:
+        if isinstance(item, str) and item in by_name:
             found.add(by_name[item])
         else:
             names = ", ".join(by_name)
-            ctx.problem((*path, "fallback_on", i), f"expected one of {names}, got {item!r}")
+            shown = fields.show(item)
+            ctx.problem((*path, "fallback_on", i), f"expected one of {names}, got {shown}")
     return frozenset(found)
 
 
@@ -250,7 +267,8 @@ def _check_retries_fit(ctx: fields.Problems, model: ModelSpec, path: Path) -> No
 def _seconds_or_zero(
     ctx: fields.Problems, m: dict[str, Any], key: str, path: Path, default: float
 ) -> float:
-    if m.get(key, default) in (0, "0", "0s", "0ms"):
+    value = m.get(key, default)
+    if not isinstance(value, bool) and value in (0, "0", "0s", "0ms"):
         return 0.0  # no backoff: for tests, and for providers that want an instant retry
     return fields.seconds(ctx, m, key, path, default)
 

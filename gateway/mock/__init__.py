@@ -1,7 +1,8 @@
 """The fake OpenAI-compatible provider: `savepoint mock`, the gateway's default provider, and
 the scripted upstream of the test suite.
 
-    knobs.py          Knobs, KnobError, the flag and `x-mock` header parsers (one table)
+    knobs.py          Knobs, KnobError, the flag, `x-mock` header and JSON parsers (one table),
+                      ServerKnobs (the defaults `POST /_mock/knobs` replaces)
     faults.py         pure: which fault request n gets, and what it does to the answer's bytes
     plan.py           Call (a builder's input) and Plan = Body | Events (its output)
     synth.py          pure: deterministic words, JSON placeholders, token estimates
@@ -18,7 +19,14 @@ builders -> tools -> synth; builders -> plan, wire. `knobs` and `stats` import n
 Nothing is created at import time: all state lives in the app `build_mock_app` returns.
 """
 
-from .knobs import KnobError, Knobs, add_knob_arguments, knobs_from_args, parse_knob_header
+from .knobs import (
+    KnobError,
+    Knobs,
+    add_knob_arguments,
+    knobs_from_args,
+    parse_knob_header,
+    parse_knob_mapping,
+)
 from .server import build_mock_app
 
 __all__ = [
@@ -28,4 +36,5 @@ __all__ = [
     "build_mock_app",
     "knobs_from_args",
     "parse_knob_header",
+    "parse_knob_mapping",
 ]

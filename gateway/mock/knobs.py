@@ -1,10 +1,12 @@
 """The mock's knobs: the value type, its defaults, and the one table that parses them.
 
-Knobs arrive two ways, both read from `_SPECS`, so each knob has one name, one parser, one
+Knobs arrive three ways, all read from `_SPECS`, so each knob has one name, one parser, one
 default and one help text:
 
 - command-line flags: `add_knob_arguments(parser)` then `knobs_from_args(namespace)`;
-- the per-request `x-mock` header: `parse_knob_header(value, base)`, which overrides `base`.
+- the per-request `x-mock` header: `parse_knob_header(value, base)`, which overrides `base`;
+- a JSON object (`POST /_mock/knobs`): `parse_knob_mapping(mapping, base)`, same rules, with
+  JSON values (`null`, `true`, numbers, lists) where the header has text.
 
 Header syntax: `key=value` pairs separated by `;`, e.g.
 `x-mock: status=503;fail_nth=1,2;retry_after=1;scope=t42`. Keys may be spelled with `_` or
@@ -19,12 +21,19 @@ import argparse
 import dataclasses
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+
+import orjson
 
 
 class KnobError(ValueError):
-    """An unknown knob or a knob value that does not parse; the message names the knob."""
+    """An unknown knob or a knob value that does not parse; the message names the knob, and
+    `knob` is its name (None when the whole value is unusable)."""
+
+    def __init__(self, message: str, knob: str | None = None) -> None:
+        super().__init__(message)
+        self.knob = knob
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +172,14 @@ def _parse_value(spec: _Spec, text: str) -> object:
     return spec.parse(text)
 
 
+def _spec_for(key: str) -> _Spec:
+    spec = _BY_KEY.get(key)
+    if spec is None:
+        known = ", ".join(_BY_KEY)
+        raise KnobError(f"unknown mock knob {key!r} (known: {known})", key)
+    return spec
+
+
 def parse_knob_header(value: str, base: Knobs) -> Knobs:
     """`base` with the knobs named in an `x-mock` header value replaced."""
     changes: dict[str, object] = {}
@@ -171,17 +188,82 @@ def parse_knob_header(value: str, base: Knobs) -> Knobs:
             continue
         key, eq, text = pair.partition("=")
         key = key.strip().lower().replace("-", "_")
-        spec = _BY_KEY.get(key)
-        if spec is None:
-            known = ", ".join(_BY_KEY)
-            raise KnobError(f"unknown mock knob {key!r} (known: {known})")
+        spec = _spec_for(key)
         if not eq and not spec.flag:
-            raise KnobError(f"mock knob {key!r} needs a value: {key}=...")
+            raise KnobError(f"mock knob {key!r} needs a value: {key}=...", key)
         try:
             changes[key] = _parse_value(spec, text) if eq else True
         except ValueError as e:
-            raise KnobError(f"mock knob {key!r}: {e}") from None
+            raise KnobError(f"mock knob {key!r}: {e}", key) from None
     return dataclasses.replace(base, **changes) if changes else base  # type: ignore[arg-type]
+
+
+def _json_text(value: object) -> str | None:
+    """A JSON value as the header's text (`null` -> `none`, `true` -> `true`, `[1, 2]` ->
+    `1,2`), or None when no knob takes a value of its kind (an object, a list of lists)."""
+    if value is None:
+        return "none"
+    items = value if isinstance(value, list) else [value]
+    if not all(isinstance(v, str | int | float) for v in items):
+        return None
+    return ",".join(str(v).lower() if isinstance(v, bool) else str(v) for v in items)
+
+
+def parse_knob_mapping(mapping: Mapping[str, object], base: Knobs) -> Knobs:
+    """`base` with the knobs named in a JSON object replaced: `{"status": 503, "fail_nth":
+    [1, 2], "hang": true, "retry_after": null}`. Keys as in the header."""
+    changes: dict[str, object] = {}
+    for raw_key, value in mapping.items():
+        key = raw_key.strip().lower().replace("-", "_")
+        spec = _spec_for(key)
+        text = _json_text(value)
+        if text is None:
+            kind = type(value).__name__
+            raise KnobError(f"mock knob {key!r}: expected a string, a number, true/false, null "
+                            f"or a list of those, got {kind}", key)  # fmt: skip
+        try:
+            changes[key] = _parse_value(spec, text)
+        except ValueError as e:
+            raise KnobError(f"mock knob {key!r}: {e}", key) from None
+    return dataclasses.replace(base, **changes) if changes else base  # type: ignore[arg-type]
+
+
+def parse_knob_body(data: bytes, content_type: str, base: Knobs) -> Knobs:
+    """`base` changed as a `POST /_mock/knobs` body says: a JSON object when the content type
+    is JSON or the text starts with `{`, else the `x-mock` header syntax."""
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        raise KnobError("the body must be UTF-8: knobs as in x-mock, or a JSON object") from None
+    if content_type != "application/json" and not text.lstrip().startswith("{"):
+        return parse_knob_header(text, base)
+    try:
+        mapping = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise KnobError("the body is not valid JSON") from None
+    if not isinstance(mapping, dict):
+        raise KnobError(f"expected a JSON object of knobs, got {type(mapping).__name__}")
+    return parse_knob_mapping(mapping, base)
+
+
+def knobs_to_json(knobs: Knobs) -> dict[str, object]:
+    """Every knob by name, as `GET /_mock/knobs` shows them (tuples become lists)."""
+    return {
+        f.name: list(v) if isinstance(v := getattr(knobs, f.name), tuple) else v
+        for f in dataclasses.fields(knobs)
+    }
+
+
+class ServerKnobs:
+    """The knobs a mock app answers with when a request names none: those it was started
+    with until `POST /_mock/knobs` replaces them. One per app; a request reads `current` once,
+    when it arrives, so a change never alters a request already in progress."""
+
+    __slots__ = ("current", "started")
+
+    def __init__(self, started: Knobs) -> None:
+        self.started = started
+        self.current = started
 
 
 def _argument_type(spec: _Spec) -> Callable[[str], object]:

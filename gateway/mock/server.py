@@ -8,6 +8,8 @@ Counting comes before validation, so a rejected request (400, sent without delay
 its number. A request picked for `Fail` or `Hang` is not built at all. Models and unknown
 `/v1` paths are counted and logged but get no number and no faults. State (knobs, ledger)
 lives in the app under typed `AppKey`s; `build_mock_app` is the only place that creates it.
+`POST /_mock/knobs` replaces the server's knobs while it runs; a request reads them once, on
+arrival.
 """
 
 from __future__ import annotations
@@ -25,13 +27,20 @@ from .completions import plan_completion
 from .delivery import deliver, deliver_fault, json_response, wait_while_connected
 from .embeddings import plan_embeddings
 from .faults import Fail, Hang, decide
-from .knobs import KnobError, Knobs, parse_knob_header
+from .knobs import (
+    KnobError,
+    Knobs,
+    ServerKnobs,
+    knobs_to_json,
+    parse_knob_body,
+    parse_knob_header,
+)
 from .plan import Call, InvalidRequest, Plan
 from .responses_api import plan_response
 from .stats import LOG_SIZE, Ledger
 from .wire import error_body
 
-KNOBS = web.AppKey("mock_knobs", Knobs)
+KNOBS = web.AppKey("mock_knobs", ServerKnobs)
 LEDGER = web.AppKey("mock_ledger", Ledger)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -40,7 +49,7 @@ Builder = Callable[[Call], Plan]
 
 def _knobs_for(request: web.Request) -> tuple[Knobs, KnobError | None]:
     """The server's knobs overridden by the request's `x-mock` header (or why it is bad)."""
-    knobs, header = request.app[KNOBS], request.headers.get("x-mock")
+    knobs, header = request.app[KNOBS].current, request.headers.get("x-mock")
     if not header:
         return knobs, None
     try:
@@ -132,10 +141,30 @@ async def _requests(request: web.Request) -> web.StreamResponse:
     return json_response(orjson.dumps(request.app[LEDGER].recent(int(text))), "mock-requests")
 
 
+def _knobs_json(knobs: Knobs) -> web.Response:
+    return json_response(orjson.dumps(knobs_to_json(knobs)), "mock-knobs")
+
+
+async def _show_knobs(request: web.Request) -> web.StreamResponse:
+    return _knobs_json(request.app[KNOBS].current)
+
+
+async def _set_knobs(request: web.Request) -> web.StreamResponse:
+    """Replace the server's knobs: those it started with, changed as the body says (so an
+    empty body restores them). A bad body changes nothing."""
+    server_knobs = request.app[KNOBS]
+    try:
+        knobs = parse_knob_body(await request.read(), request.content_type, server_knobs.started)
+    except KnobError as e:
+        return _invalid(str(e), e.knob, "mock-knobs")
+    server_knobs.current = knobs
+    return _knobs_json(knobs)
+
+
 def build_mock_app(knobs: Knobs) -> web.Application:
     """The fake OpenAI-compatible provider, answering according to `knobs`."""
     app = web.Application()
-    app[KNOBS] = knobs
+    app[KNOBS] = ServerKnobs(knobs)
     app[LEDGER] = Ledger(prefix=f"mock{os.urandom(4).hex()}")
     app.router.add_post("/v1/chat/completions", _generation(plan_chat))
     app.router.add_post("/v1/completions", _generation(plan_completion))
@@ -146,5 +175,7 @@ def build_mock_app(knobs: Knobs) -> web.Application:
     app.router.add_get("/_mock/stats", _stats)
     app.router.add_post("/_mock/reset", _reset)
     app.router.add_get("/_mock/requests", _requests)
+    app.router.add_get("/_mock/knobs", _show_knobs)
+    app.router.add_post("/_mock/knobs", _set_knobs)
     app.router.add_route("*", "/v1/{tail:.*}", _other(_unknown, 404))
     return app

@@ -21,7 +21,7 @@ from gateway.errors import (
     UpstreamUnreachable,
 )
 from gateway.providers.base import UpstreamReply, UpstreamRequest
-from gateway.providers.sse import Framer, first_malformed, terminal_end
+from gateway.providers.sse import Framer, first_malformed, is_preamble, terminal_end
 
 # Upstream response headers a client may care about. Provider rate-limit headers describe the
 # provider account, not the client's limits, so they are not passed on.
@@ -83,6 +83,7 @@ class OpenAIProvider:
         if request.stream:
             headers["Accept"] = "text/event-stream"
         response: aiohttp.ClientResponse | None = None
+        stream: _Stream | None = None
         try:
             async with asyncio.timeout_at(_loop_time(first_byte_by)):
                 response = await self._session.post(
@@ -100,6 +101,22 @@ class OpenAIProvider:
                     self.name, response, request.endpoint.typed_events, t.idle, deadline
                 )
                 first = await stream.next_run()
+                # Hold back events that carry no output yet (the role chunk, response.created):
+                # until output arrives the stream is not committed, so a break is retryable.
+                try:
+                    while first and is_preamble(first, request.endpoint.typed_events):
+                        more = await stream.next_run()
+                        if not more:
+                            break
+                        first += more
+                except UpstreamTimeout as e:
+                    if e.code != "idle_timeout":
+                        raise
+                    raise UpstreamTimeout(  # nothing reached the client: a first-byte failure
+                        f"provider `{self.name}` started the stream but sent no output for "
+                        f"{t.idle:g}s (timeouts.idle)",
+                        code="first_byte_timeout",
+                    ) from None
                 if not first:
                     raise UpstreamBadResponse(
                         f"provider `{self.name}` ended the stream with no event"
@@ -107,10 +124,10 @@ class OpenAIProvider:
                 return UpstreamReply(200, passed, first_run=first, events=stream)
         # aiohttp's connect timeout is a TimeoutError too: match ClientError first
         except aiohttp.ClientError as e:
-            _close(response)
+            _close(response, stream)
             raise _translate(self.name, e, t.connect) from None
         except TimeoutError:
-            _close(response)
+            _close(response, stream)
             if request.stream and first_byte_by < deadline:
                 raise UpstreamTimeout(
                     f"provider `{self.name}` sent no first token within {t.first_byte:g}s "
@@ -122,7 +139,7 @@ class OpenAIProvider:
                 code="deadline_exceeded",
             ) from None
         except BaseException:
-            _close(response)
+            _close(response, stream)
             raise
 
 
@@ -241,8 +258,10 @@ def _passed_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return {name: value for name in _PASSED_HEADERS if (value := headers.get(name)) is not None}
 
 
-def _close(response: aiohttp.ClientResponse | None) -> None:
-    if response is not None:
+def _close(response: aiohttp.ClientResponse | None, stream: _Stream | None) -> None:
+    if stream is not None:
+        stream.close()  # its watchdog too
+    elif response is not None:
         response.close()
 
 

@@ -92,6 +92,48 @@ def first_malformed(run: bytes) -> int:
     return -1
 
 
+_PREAMBLE_TYPES = frozenset(
+    {
+        "response.created",
+        "response.in_progress",
+        "response.queued",
+        "response.output_item.added",
+        "response.content_part.added",
+    }
+)
+_OUTPUT_KEYS = ("content", "tool_calls", "refusal", "function_call")
+
+
+def is_preamble(run: bytes, typed: bool) -> bool:
+    """Whether a run holds only events that carry no generated output yet: the role-only
+    first chunk of a chat stream, `response.created` and friends. Until output arrives,
+    nothing needs to reach the client, so a failure can still be retried elsewhere.
+    Parses the run; only used before the commit point, on a stream's first events."""
+    for event in split(run):
+        data = [line[5:] for line in event.split(b"\n") if line.startswith(b"data:")]
+        if not data:
+            continue  # a comment
+        try:
+            obj = orjson.loads(b"\n".join(data))
+        except orjson.JSONDecodeError:
+            return False
+        if not isinstance(obj, dict):
+            return False
+        if typed:
+            if obj.get("type") not in _PREAMBLE_TYPES:
+                return False
+            continue
+        if obj.get("usage") or not isinstance(obj.get("choices"), list):
+            return False
+        for choice in obj["choices"]:
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if not isinstance(delta, dict) or choice.get("finish_reason") is not None:
+                return False
+            if any(delta.get(key) for key in _OUTPUT_KEYS):
+                return False
+    return True
+
+
 def is_malformed(event: bytes) -> bool:
     data = [line[5:] for line in event.split(b"\n") if line.startswith(b"data:")]
     if not data:

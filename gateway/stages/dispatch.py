@@ -19,6 +19,7 @@ import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
@@ -53,6 +54,7 @@ class _Outcome:
     error: UpstreamError | None
     failure: Failure | None  # None: success
     retry_after: float | None = None
+    parsed: Any = None  # a whole answer's JSON, parsed once
 
 
 @dataclass(slots=True)
@@ -111,8 +113,7 @@ class Dispatcher:
                 walk.last, walk.last_target = outcome, target
                 trace.fallback = walk.group > 0
                 if outcome.failure is None:
-                    assert outcome.reply is not None
-                    return await self._answer(target, outcome.reply, call, trace, downstream)
+                    return await self._answer(target, outcome, call, trace, downstream)
                 if not await self._after_failure(spec, walk, target, outcome):
                     return await self._give_up(spec, walk, trace, downstream)
         finally:
@@ -185,7 +186,12 @@ class Dispatcher:
         try:
             reply = await provider.send(request)
         except UpstreamError as error:
-            outcome = _Outcome(None, error, classify_error(error))
+            failure = classify_error(error)
+            if failure is Failure.DEADLINE and request.timeouts.total < remaining:
+                # The target's own `total` ran out, not the route's: like a first byte that
+                # never came, another attempt (or deployment) may still make it in time.
+                failure = Failure.FIRST_BYTE_TIMEOUT
+            outcome = _Outcome(None, error, failure)
         except asyncio.CancelledError:
             self._health.cancelled(label)
             raise
@@ -249,16 +255,18 @@ class Dispatcher:
     async def _answer(
         self,
         target: TargetSpec,
-        reply: UpstreamReply,
+        outcome: _Outcome,
         call: Call,
         trace: Trace,
         downstream: Downstream,
     ) -> None:
+        reply = outcome.reply
+        assert reply is not None
         trace.target = target.label
         trace.upstream_request_id = reply.headers.get("x-request-id")
         headers = reply_headers(reply, trace, _route_headers(target, trace))
         if reply.events is None:
-            return await relay_whole(reply, headers, trace, downstream)
+            return await relay_whole(reply, outcome.parsed, headers, trace, downstream)
 
         def broken(error: UpstreamError) -> None:  # mid-stream: still the provider's health
             self._health.record(target.label, classify_error(error), None)
@@ -298,21 +306,15 @@ def _judge(provider: Provider, reply: UpstreamReply) -> _Outcome:
     failure = classify_reply(reply.status, reply.body)
     if failure is not None:
         return _Outcome(reply, None, failure, retry_after(reply.headers, time.time()))
-    if not _is_json(reply.body):
+    try:
+        parsed = orjson.loads(reply.body)
+    except orjson.JSONDecodeError:
         error = UpstreamBadResponse(
             f"provider `{provider.name}` answered 200 with a body that is not JSON",
             code="upstream_bad_response",
         )
         return _Outcome(None, error, Failure.SERVER_ERROR)
-    return _Outcome(reply, None, None)
-
-
-def _is_json(body: bytes) -> bool:
-    try:
-        orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return False
-    return True
+    return _Outcome(reply, None, None, parsed=parsed)
 
 
 def _route_headers(target: TargetSpec, trace: Trace) -> dict[str, str]:

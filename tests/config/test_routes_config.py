@@ -99,7 +99,7 @@ def test_route_settings_and_their_defaults() -> None:
         ("models:\n  x: {targets: [a/x], fallback_on: [client_error]}\n",
          "6: models.x.fallback_on[0]: expected one of connect_error, first_byte_timeout, "
          "server_error, rate_limited, quota_exceeded, context_window_exceeded, content_filter, "
-         "got 'client_error'"),
+         'got "client_error"'),
         ("models:\n  x: {targets: [a/x], deadline: 5s, retries: {attempts_per_target: 4, "
          "backoff_base: 2s, backoff_cap: 8s}}\n",
          "6: models.x.retries: model x: 4 attempts per target can back off for 14s, which does "

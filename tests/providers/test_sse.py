@@ -4,6 +4,7 @@ from gateway.providers.sse import (
     Framer,
     first_malformed,
     is_malformed,
+    is_preamble,
     is_terminal,
     split,
     terminal_end,
@@ -96,3 +97,27 @@ def test_untyped_terminal_event_is_done(event: bytes, terminal: bool) -> None:
 )
 def test_malformed_events(event: bytes, malformed: bool) -> None:
     assert is_malformed(event) is malformed
+
+
+@pytest.mark.parametrize(
+    ("run", "typed", "preamble"),
+    [
+        (b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""},'
+         b'"finish_reason":null}]}\n\n', False, True),
+        (b'data: {"choices":[],"prompt_filter_results":[]}\n\n', False, True),  # Azure's first
+        (b": keep-alive\n\n", False, True),
+        (b'data: {"choices":[{"delta":{"content":"Hi"},"finish_reason":null}]}\n\n', False, False),
+        (b'data: {"choices":[{"delta":{"tool_calls":[{"index":0}]},"finish_reason":null}]}\n\n',
+         False, False),
+        (b'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}\n\n', False, False),
+        (b'data: {"choices":[],"usage":{"total_tokens":3}}\n\n', False, False),
+        (b"data: [DONE]\n\n", False, False),
+        (b'event: response.created\ndata: {"type":"response.created"}\n\n'
+         b'event: response.in_progress\ndata: {"type":"response.in_progress"}\n\n', True, True),
+        (b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta"}\n\n',
+         True, False),
+        (b'event: response.completed\ndata: {"type":"response.completed"}\n\n', True, False),
+    ],
+)  # fmt: skip
+def test_preamble_is_what_carries_no_output_yet(run: bytes, typed: bool, preamble: bool) -> None:
+    assert is_preamble(run, typed) is preamble
