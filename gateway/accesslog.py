@@ -83,7 +83,7 @@ def line(trace: Trace, now: float) -> bytes:
         record["ttfb_ms"] = round((trace.first_byte - trace.started) * 1000, 2)
     if trace.error_code:
         record["error"] = trace.error_code
-    if len(trace.attempts) > 1 or trace.fallback:
+    if len(trace.attempts) > 1 or trace.fallback or trace.error_code:
         record["attempts"] = [[a.target, a.outcome, a.ms] for a in trace.attempts]
         record["fallback"] = trace.fallback
     if trace.usage is not None:

@@ -135,9 +135,9 @@ class Health:
         with contextlib.suppress(_Tripped, pybreaker.CircuitBreakerError):
             d.breaker.call(_ok if healthy else _fail)
 
-    def cancelled(self, label: str) -> None:
-        """The client went away mid-attempt: no verdict on the provider, but the probe
-        slot, if this was the probe, is free again."""
+    def no_verdict(self, label: str) -> None:
+        """An attempt ended with nothing to say about the provider (the client went away, the
+        gateway drained): the probe slot, if this was the probe, is free again."""
         self._get(label).probing = False
 
     def eject(self, label: str, seconds: float) -> None:

@@ -106,7 +106,7 @@ def test_a_cancelled_probe_frees_the_probe_slot() -> None:
     time.sleep(0.06)
     health.begin_probe(D)
     assert health.admission(D) is Admission.SKIP
-    health.cancelled(D)
+    health.no_verdict(D)
     assert health.admission(D) is Admission.PROBE
 
 

@@ -51,7 +51,8 @@ def slow(gateways: Gateways, blackhole: int) -> Gateway:
     providers = "".join(
         [
             provider("late", "delay=3;scope=t-late", "{first_byte: 0.5, total: 10}"),
-            provider("stalls", "chunk_delay=3;chunks=3;scope=t-stall", "{idle: 0.5, total: 10}"),
+            provider("stalls", "stall_after=2;chunks=5;scope=t-stall", "{idle: 0.5, total: 10}"),
+            provider("mute", "chunk_delay=3;chunks=3;scope=t-mute", "{idle: 0.5, total: 10}"),
             provider("long", "chunk_delay=0.3;chunks=20;scope=t-long", "{idle: 1, total: 1.5}"),
             provider("hangs", "hang;scope=t-hang", "{total: 0.7}"),
             provider("tardy", "delay=6;scope=t-tardy", "{total: 30}"),
@@ -70,6 +71,7 @@ providers:{providers}
 models:
   late: {{targets: [late/mock-gpt]}}
   stalls: {{targets: [stalls/mock-gpt]}}
+  mute: {{targets: [mute/mock-gpt]}}
   long: {{targets: [long/mock-gpt]}}
   hangs: {{targets: [hangs/mock-gpt]}}
   tardy: {{targets: [tardy/mock-gpt]}}
@@ -102,7 +104,18 @@ def test_silence_mid_stream_ends_with_an_idle_timeout_event(slow: Gateway) -> No
             received.append(chunk)
     assert time.monotonic() - started < 2.5
     assert caught.value.code == "idle_timeout"
-    assert received and all(c.choices[0].finish_reason is None for c in received if c.choices)
+    assert [c.choices[0].delta.content is not None for c in received].count(True) == 3
+    assert all(c.choices[0].finish_reason is None for c in received if c.choices)
+
+
+def test_silence_before_any_output_is_a_504_not_a_started_stream(slow: Gateway) -> None:
+    """The role chunk alone does not commit the stream: nothing the client can use came yet,
+    so the failure is still a plain HTTP error (and, with retries, retryable)."""
+    with pytest.raises(openai.APIStatusError) as caught:
+        slow.client().chat.completions.create(model="mute", messages=USER, stream=True)  # type: ignore[arg-type]
+    assert caught.value.status_code == 504
+    assert caught.value.code == "first_byte_timeout"
+    assert "timeouts.idle" in caught.value.message
 
 
 def test_stream_over_its_total_deadline_is_cut_with_an_error_event(slow: Gateway) -> None:

@@ -14,7 +14,17 @@ import asyncio
 
 from aiohttp import web
 
-from .faults import Fail, Fault, Hang, Healthy, Script, Truncate, script_body, script_events
+from .faults import (
+    Fail,
+    Fault,
+    Hang,
+    Healthy,
+    Script,
+    Stall,
+    Truncate,
+    script_body,
+    script_events,
+)
 from .plan import Body, Plan
 from .wire import JSON_TYPE, SSE_TYPE, error_body, seconds_header
 
@@ -45,7 +55,8 @@ def json_response(data: bytes, request_id: str, status: int = 200) -> web.Respon
 
 
 def fail_response(fault: Fail, message: str, request_id: str) -> web.Response:
-    response = json_response(error_body(fault.status, message), request_id, fault.status)
+    body = error_body(fault.status, message, code=fault.code)
+    response = json_response(body, request_id, fault.status)
     if fault.retry_after is not None:
         response.headers["retry-after"] = seconds_header(fault.retry_after)
     if fault.retry_after_ms is not None:
@@ -68,7 +79,7 @@ async def deliver(
 ) -> web.StreamResponse:
     """The planned answer, altered by a body fault (`Cut`, `Malformed`, `Truncate`) if any."""
     if isinstance(plan, Body):
-        if isinstance(fault, Healthy | Truncate):  # the lean path: one write, no copies
+        if isinstance(fault, Healthy | Truncate | Stall):  # the lean path: one write, no copies
             return json_response(plan.data, request_id)
         return await _send(request, script_body(plan, fault), JSON_TYPE, 0.0, request_id)
     return await _send(request, script_events(plan, fault), SSE_TYPE, chunk_delay, request_id)
@@ -93,6 +104,9 @@ async def _send(
                 await response.write(frame)
         else:
             await response.write(b"".join(script.frames))
+        if script.stall:
+            await wait_while_connected(request, None)
+            return response
         if script.abort:
             # After the headers and part of the body: the client sees the body end early.
             transport = request.transport

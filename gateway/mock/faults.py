@@ -7,7 +7,8 @@ exactly floor(N*r) of the first N requests are picked, spread evenly. With neith
 set, every request is picked.
 
 Fault (`decide`): a picked request gets the first fault knob that is set, in the order
-hang > status > cut_after > malformed > truncate. A selector with no fault knob means
+hang > status > cut_after > stall_after > malformed > truncate. A whole-body answer under
+`stall_after` is healthy (use `hang`). A selector with no fault knob means
 status 500, so `--fail-ratio 0.1` alone fails one request in ten with a server error.
 
 Script (`script_body`, `script_events`): the frames to write after the headers and whether to
@@ -34,6 +35,7 @@ class Fail:
     status: int
     retry_after: float | None = None
     retry_after_ms: int | None = None
+    code: str | None = None  # overrides the error body's code
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +49,11 @@ class Cut:
 
 
 @dataclass(frozen=True, slots=True)
+class Stall:
+    after: int  # content chunks sent before the stream goes silent
+
+
+@dataclass(frozen=True, slots=True)
 class Malformed:
     pass
 
@@ -56,7 +63,7 @@ class Truncate:
     pass
 
 
-Fault = Healthy | Fail | Hang | Cut | Malformed | Truncate
+Fault = Healthy | Fail | Hang | Cut | Stall | Malformed | Truncate
 HEALTHY = Healthy()
 _EPSILON = 1e-9  # so that 0.3 * 10 counts as 3, not 2.9999999999999996
 
@@ -72,7 +79,14 @@ def is_picked(n: int, fail_nth: tuple[int, ...], fail_ratio: float | None) -> bo
 
 
 def _has_fault(k: Knobs) -> bool:
-    return k.hang or k.status is not None or k.cut_after is not None or k.malformed or k.truncate
+    return (
+        k.hang
+        or k.status is not None
+        or k.cut_after is not None
+        or k.stall_after is not None
+        or k.malformed
+        or k.truncate
+    )
 
 
 def decide(knobs: Knobs, n: int) -> Fault:
@@ -85,9 +99,11 @@ def decide(knobs: Knobs, n: int) -> Fault:
     if knobs.hang:
         return Hang()
     if knobs.status is not None or not _has_fault(knobs):
-        return Fail(knobs.status or 500, knobs.retry_after, knobs.retry_after_ms)
+        return Fail(knobs.status or 500, knobs.retry_after, knobs.retry_after_ms, knobs.error_code)
     if knobs.cut_after is not None:
         return Cut(knobs.cut_after)
+    if knobs.stall_after is not None:
+        return Stall(knobs.stall_after)
     if knobs.malformed:
         return Malformed()
     return Truncate()
@@ -97,6 +113,7 @@ def decide(knobs: Knobs, n: int) -> Fault:
 class Script:
     frames: tuple[bytes, ...]  # written in order after the headers
     abort: bool = False  # abort the connection after the frames instead of ending the body
+    stall: bool = False  # after the frames, send nothing more until the client leaves
     declared_length: int | None = None  # content-length of a body; None for a chunked stream
 
 
@@ -116,6 +133,8 @@ def script_events(events: Events, fault: Fault) -> Script:
     head, content, tail = events.head, events.content, events.tail
     if isinstance(fault, Cut):
         return Script(head + content[: fault.after], abort=True)
+    if isinstance(fault, Stall):
+        return Script(head + content[: fault.after], stall=True)
     if isinstance(fault, Malformed):
         return Script(head + content[:1] + (events.malformed,) + content[1:] + tail)
     if isinstance(fault, Truncate):

@@ -49,8 +49,10 @@ class Knobs:
     status: int | None = None  # answer with this HTTP status and an OpenAI error body
     retry_after: float | None = None  # seconds, sent as `retry-after` on error answers
     retry_after_ms: int | None = None  # sent as `retry-after-ms` on error answers
+    error_code: str | None = None  # the error body's `code` (e.g. context_length_exceeded)
     hang: bool = False  # never answer; end when the client goes away
     cut_after: int | None = None  # abort the connection after this many content chunks
+    stall_after: int | None = None  # a stream goes silent after this many content chunks
     malformed: bool = False  # invalid JSON body, or one invalid JSON event in a stream
     truncate: bool = False  # end a stream cleanly without finish chunk and terminator
     # Selector: which requests of the scope get the fault (1-based request numbers).
@@ -107,6 +109,16 @@ def _scope(text: str) -> str:
     return text
 
 
+_CODE = re.compile(r"[a-z0-9_]{1,64}")
+
+
+def _code(text: str) -> str:
+    text = text.strip()
+    if not _CODE.fullmatch(text):
+        raise ValueError(f"expected an error code like context_length_exceeded, got {text!r}")
+    return text
+
+
 def _names(text: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in text.split(",") if name.strip())
 
@@ -144,11 +156,24 @@ _SPECS: tuple[_Spec, ...] = (
         "milliseconds sent as retry-after-ms on faults",
         optional=True,
     ),
+    _Spec(
+        "error_code",
+        _code,
+        "the `code` of a fault's error body, e.g. context_length_exceeded, content_filter, "
+        "insufficient_quota",
+        optional=True,
+    ),
     _Spec("hang", _flag, "fault: accept the request and never answer", flag=True),
     _Spec(
         "cut_after",
         _int_in(0, 100_000, "a chunk count >= 0"),
         "fault: abort the connection after this many content chunks (mid-body when not streaming)",
+        optional=True,
+    ),
+    _Spec(
+        "stall_after",
+        _int_in(0, 100_000, "a chunk count >= 0"),
+        "fault: a stream goes silent after this many content chunks, until the client leaves",
         optional=True,
     ),
     _Spec("malformed", _flag, "fault: invalid JSON body, or one invalid stream event", flag=True),

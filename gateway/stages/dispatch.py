@@ -193,11 +193,13 @@ class Dispatcher:
                 failure = Failure.FIRST_BYTE_TIMEOUT
             outcome = _Outcome(None, error, failure)
         except asyncio.CancelledError:
-            self._health.cancelled(label)
+            self._health.no_verdict(label)
             raise
         else:
             outcome = _judge(provider, reply)
-        self._health.record(label, outcome.failure, outcome.retry_after)
+        if outcome.failure is not None or reply is None or reply.events is None:
+            self._health.record(label, outcome.failure, outcome.retry_after)
+        # else: a stream gets one verdict, when it ends (see _answer)
         ms = round((time.monotonic() - started) * 1000, 2)
         trace.attempts.append(
             Attempt(label, outcome.failure.value if outcome.failure else "ok", ms)
@@ -268,10 +270,13 @@ class Dispatcher:
         if reply.events is None:
             return await relay_whole(reply, outcome.parsed, headers, trace, downstream)
 
-        def broken(error: UpstreamError) -> None:  # mid-stream: still the provider's health
-            self._health.record(target.label, classify_error(error), None)
+        def ended(error: UpstreamError | None) -> None:  # the stream's one verdict
+            self._health.record(target.label, classify_error(error) if error else None, None)
 
-        await relay_stream(call, reply, headers, trace, downstream, self._drain, broken)
+        try:
+            await relay_stream(call, reply, headers, trace, downstream, self._drain, ended)
+        finally:
+            self._health.no_verdict(target.label)  # frees a probe slot the stream held
 
     async def _give_up(
         self, spec: ModelSpec, walk: _Walk, trace: Trace, downstream: Downstream
@@ -289,6 +294,7 @@ class Dispatcher:
                 headers=headers,
             )
         extra = {**_route_headers(target, trace), **_GIVE_UP}
+        trace.target = target.label
         if last.error is not None:
             last.error.headers.update(extra)
             raise last.error

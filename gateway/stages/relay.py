@@ -69,8 +69,11 @@ async def relay_stream(
     trace: Trace,
     downstream: Downstream,
     drain: Drain,
-    on_break: Callable[[UpstreamError], None],
+    on_end: Callable[[UpstreamError | None], None],
 ) -> None:
+    """Relay a stream past the commit point. `on_end` gets the upstream's verdict once: None
+    when the stream reached its final event, the error when the upstream broke it; not at
+    all when the client went away or the gateway cut the stream (drain)."""
     events = reply.events
     assert events is not None
     try:
@@ -88,8 +91,10 @@ async def relay_stream(
     except SavepointError as error:
         trace.error_code = shape_of(error).code
         if isinstance(error, UpstreamError):
-            on_break(error)
+            on_end(error)
         await downstream.write(stream_error_event(error, call.endpoint.typed_events))
+    else:
+        on_end(None)
     finally:
         events.close()
     await downstream.finish()

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,25 +29,43 @@ class MockServer:
         return httpx.get(f"{self.url}{path}", params=params).json()
 
 
-@pytest.fixture(scope="session")
-def mock_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MockServer]:
-    log = tmp_path_factory.mktemp("mock") / "stderr.log"
+@contextmanager
+def running_mock(log: Path, *flags: str) -> Iterator[MockServer]:
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
-    command = [sys.executable, "-m", "gateway.mock", "--host", "127.0.0.1", "--port", "0"]
+    command = [sys.executable, "-m", "gateway.mock", "--host", "127.0.0.1", "--port", "0", *flags]
     with log.open("wb") as stderr:
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr)
-    assert proc.stdout is not None
-    banner = proc.stdout.readline().decode()
-    match = re.search(r"http://127\.0\.0\.1:(\d+)", banner)
-    if match is None:
-        proc.kill()
-        raise RuntimeError(f"mock did not start: {banner!r}\n{log.read_text()}")
-    yield MockServer(f"http://127.0.0.1:{match.group(1)}", log)
-    proc.terminate()
-    proc.wait(10)
+    try:
+        assert proc.stdout is not None
+        banner = proc.stdout.readline().decode()
+        match = re.search(r"http://127\.0\.0\.1:(\d+)", banner)
+        if match is None:
+            raise RuntimeError(f"mock did not start: {banner!r}\n{log.read_text()}")
+        yield MockServer(f"http://127.0.0.1:{match.group(1)}", log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def mock_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MockServer]:
+    with running_mock(tmp_path_factory.mktemp("mock") / "stderr.log") as server:
+        yield server
+
+
+@pytest.fixture
+def own_mock(tmp_path: Path) -> Iterator[MockServer]:
+    """A mock of this test's own, started with `--chunks 3`: for tests that change the
+    server's knobs, which every test sharing `mock_server` would otherwise see."""
+    with running_mock(tmp_path / "stderr.log", "--chunks", "3") as server:
+        yield server
 
 
 @pytest.fixture

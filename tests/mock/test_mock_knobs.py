@@ -1,4 +1,5 @@
-"""Knobs from the `x-mock` header and from command-line flags: one table, one set of rules."""
+"""Knobs from the `x-mock` header, command-line flags and JSON objects: one table, one set of
+rules."""
 
 from __future__ import annotations
 
@@ -6,7 +7,15 @@ import argparse
 
 import pytest
 
-from gateway.mock import KnobError, Knobs, add_knob_arguments, knobs_from_args, parse_knob_header
+from gateway.mock import (
+    KnobError,
+    Knobs,
+    add_knob_arguments,
+    knobs_from_args,
+    parse_knob_header,
+    parse_knob_mapping,
+)
+from gateway.mock.knobs import parse_knob_body
 
 
 @pytest.mark.parametrize(
@@ -103,3 +112,75 @@ def test_every_knob_has_a_flag_with_help() -> None:
     text = _parser().format_help()
     for name in Knobs.__dataclass_fields__:
         assert f"--{name.replace('_', '-')}" in text
+
+
+@pytest.mark.parametrize(
+    ("mapping", "base", "expected"),
+    [
+        ({"status": 503, "retry_after": 1}, Knobs(), Knobs(status=503, retry_after=1.0)),
+        ({"fail_nth": [1, 2], "hang": True}, Knobs(), Knobs(fail_nth=(1, 2), hang=True)),
+        ({"fail-nth": "3,4", "cut_after": 0}, Knobs(), Knobs(fail_nth=(3, 4), cut_after=0)),
+        ({"status": None, "malformed": False}, Knobs(status=500, malformed=True), Knobs()),
+        ({"models": ["a", "b"], "delay": 0.5}, Knobs(), Knobs(models=("a", "b"), delay=0.5)),
+        ({}, Knobs(chunks=2), Knobs(chunks=2)),
+    ],
+)
+def test_json_object_overrides_base_knobs_like_the_header(
+    mapping: dict[str, object], base: Knobs, expected: Knobs
+) -> None:
+    assert parse_knob_mapping(mapping, base) == expected
+
+
+@pytest.mark.parametrize(
+    ("mapping", "named"),
+    [
+        ({"bogus": 1}, "bogus"),
+        ({"status": 200}, "status"),
+        ({"status": {"code": 503}}, "status"),
+        ({"fail_nth": [[1]]}, "fail_nth"),
+        ({"hang": None}, "hang"),
+        ({"chunks": 2.5}, "chunks"),
+    ],
+)
+def test_json_object_with_a_bad_knob_is_rejected_naming_it(
+    mapping: dict[str, object], named: str
+) -> None:
+    with pytest.raises(KnobError, match=f"'{named}'") as bad:
+        parse_knob_mapping(mapping, Knobs())
+    assert bad.value.knob == named
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "expected"),
+    [
+        (b"status=503;delay=2", "text/plain", Knobs(status=503, delay=2.0)),
+        (
+            b"cut_after=2;chunks=20",
+            "application/x-www-form-urlencoded",
+            Knobs(cut_after=2, chunks=20),
+        ),
+        (b' {"status": 429}', "text/plain", Knobs(status=429)),
+        (b'{"hang": true}', "application/json", Knobs(hang=True)),
+        (b"", "", Knobs()),
+    ],
+)
+def test_knobs_body_is_json_when_it_says_so_or_looks_like_it(
+    body: bytes, content_type: str, expected: Knobs
+) -> None:
+    assert parse_knob_body(body, content_type, Knobs()) == expected
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "message"),
+    [
+        (b'{"status": 503', "application/json", "not valid JSON"),
+        (b"[1, 2]", "application/json", "expected a JSON object of knobs, got list"),
+        (b"\xff\xfe", "text/plain", "must be UTF-8"),
+        (b"status=503;bogus", "text/plain", "unknown mock knob 'bogus'"),
+    ],
+)
+def test_unusable_knobs_body_is_rejected_with_a_reason(
+    body: bytes, content_type: str, message: str
+) -> None:
+    with pytest.raises(KnobError, match=message):
+        parse_knob_body(body, content_type, Knobs())
