@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 from gateway.errors import GatewayUnavailable
 from gateway.providers.base import EventStream
@@ -19,32 +20,35 @@ _SHUTDOWN = "the gateway is shutting down and its drain deadline passed; retry t
 
 
 class Drain:
+    """In-flight requests, so that shutdown can wait for them and then end them cleanly.
+
+    `enter` returns a token that `leave` and `streaming` take back (the request's task), so
+    the hot path costs one dict insert and one delete; the idle event only matters once
+    draining has begun."""
+
     def __init__(self) -> None:
         self.draining = False
         self.expired = False
         # in-flight request task -> its upstream stream once it has committed one
-        self._tasks: dict[asyncio.Task[object], EventStream | None] = {}
+        self._tasks: dict[asyncio.Task[Any], EventStream | None] = {}
         self._idle = asyncio.Event()
-        self._idle.set()
 
-    def enter(self) -> None:
+    def enter(self) -> asyncio.Task[Any] | None:
         task = asyncio.current_task()
         if task is not None:
             self._tasks[task] = None
-            self._idle.clear()
+        return task
 
-    def streaming(self, stream: EventStream) -> None:
-        """The current request has committed a stream: at expiry, end it with an error event
-        rather than cancelling it."""
-        task = asyncio.current_task()
-        if task in self._tasks:
-            self._tasks[task] = stream
+    def streaming(self, token: asyncio.Task[Any] | None, stream: EventStream) -> None:
+        """This request has committed a stream: at expiry, end it with an error event rather
+        than cancelling it."""
+        if token in self._tasks:
+            self._tasks[token] = stream
 
-    def leave(self) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.pop(task, None)
-        if not self._tasks:
+    def leave(self, token: asyncio.Task[Any] | None) -> None:
+        if token is not None:
+            self._tasks.pop(token, None)
+        if self.draining and not self._tasks:
             self._idle.set()
 
     @property
@@ -55,6 +59,8 @@ class Drain:
         """Wait for in-flight requests; after `deadline` seconds, end the rest with an error
         and give them a moment to write it."""
         self.draining = True
+        if not self._tasks:
+            return
         try:
             await asyncio.wait_for(self._idle.wait(), deadline)
         except TimeoutError:

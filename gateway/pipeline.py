@@ -51,7 +51,7 @@ class Pipeline:
         return authenticate(self._clients, api_key)
 
     async def run(self, inbound: Inbound, downstream: Downstream, trace: Trace) -> None:
-        self._drain.enter()
+        token = self._drain.enter()
         try:
             principal = authenticate(self._clients, inbound.api_key)
             trace.client = principal.name
@@ -72,4 +72,4 @@ class Pipeline:
                 "the gateway is shutting down and its drain deadline passed; retry the request"
             ) from None
         finally:
-            self._drain.leave()
+            self._drain.leave(token)

@@ -7,7 +7,6 @@ timeouts, SSE framing of streams, and the translation of aiohttp/OS errors into 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Mapping
 
 import aiohttp
@@ -76,7 +75,8 @@ class OpenAIProvider:
     async def send(self, request: UpstreamRequest) -> UpstreamReply:
         assert self._session is not None, "provider used before start()"
         t = request.timeouts
-        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        started = loop.time()  # deadlines are in the loop's clock: no conversions per read
         deadline = started + t.total
         first_byte_by = min(deadline, started + t.first_byte) if request.stream else deadline
         headers = {**self._headers, "X-Client-Request-Id": request.request_id}
@@ -85,7 +85,7 @@ class OpenAIProvider:
         response: aiohttp.ClientResponse | None = None
         stream: _Stream | None = None
         try:
-            async with asyncio.timeout_at(_loop_time(first_byte_by)):
+            async with asyncio.timeout_at(first_byte_by):
                 response = await self._session.post(
                     self._base_url + request.endpoint.path,
                     data=request.body,
@@ -166,7 +166,7 @@ class _Stream:
         self._typed = typed
         self._idle = idle
         self._loop = asyncio.get_running_loop()
-        self._deadline = _loop_time(deadline)
+        self._deadline = deadline  # in loop time
         self._last = self._loop.time()
         self._framer = Framer()
         self._done = False
@@ -247,11 +247,6 @@ class _Stream:
             self._response.release()
         else:
             self._response.close()
-
-
-def _loop_time(monotonic_deadline: float) -> float:
-    loop = asyncio.get_running_loop()
-    return loop.time() + (monotonic_deadline - time.monotonic())
 
 
 def _passed_headers(headers: Mapping[str, str]) -> dict[str, str]:

@@ -11,6 +11,8 @@ into events.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import orjson
 
 _DONE = b"data: [DONE]\n\n"
@@ -52,6 +54,16 @@ class Framer:
 def split(run: bytes) -> list[bytes]:
     """The events of a run, each with its blank-line separator."""
     return [event + b"\n\n" for event in run.split(b"\n\n") if event.strip()]
+
+
+def _events(run: bytes) -> Iterator[bytes]:
+    start = 0
+    while start < len(run):
+        end = run.find(b"\n\n", start)
+        end = len(run) if end < 0 else end + 2
+        if run[start:end].strip():
+            yield run[start:end]
+        start = end
 
 
 def terminal_end(run: bytes, typed: bool) -> int:
@@ -108,8 +120,9 @@ def is_preamble(run: bytes, typed: bool) -> bool:
     """Whether a run holds only events that carry no generated output yet: the role-only
     first chunk of a chat stream, `response.created` and friends. Until output arrives,
     nothing needs to reach the client, so a failure can still be retried elsewhere.
-    Parses the run; only used before the commit point, on a stream's first events."""
-    for event in split(run):
+    Only used before the commit point; stops at the first event with output, so a burst of
+    a whole stream in one read costs one or two parses, not one per event."""
+    for event in _events(run):
         data = [line[5:] for line in event.split(b"\n") if line.startswith(b"data:")]
         if not data:
             continue  # a comment

@@ -134,6 +134,15 @@ class Dispatcher:
             if verdict is not Admission.SKIP:
                 return target, verdict is Admission.PROBE
         group = spec.groups[walk.group]
+        if len(group.targets) == 1:  # the common case: nothing to balance
+            only = group.targets[0]
+            verdict = self._health.admission(only.label)
+            usable = (
+                verdict is not Admission.SKIP
+                and only.label not in walk.excluded
+                and walk.tried.get(only.label, 0) < spec.retries.attempts_per_target
+            )
+            return (only, verdict is Admission.PROBE) if usable else (None, False)
         verdicts = [self._health.admission(t.label) for t in group.targets]
         candidates = [
             Candidate(

@@ -7,6 +7,7 @@ stream with an OpenAI-shaped error event, never a clean finish.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -80,7 +81,7 @@ async def relay_stream(
         # ---- the commit point: from here on the status is 200, whatever happens upstream ----
         await downstream.commit({**headers, **_SSE_HEADERS})
         trace.status, trace.first_byte = 200, time.monotonic()
-        drain.streaming(events)
+        drain.streaming(asyncio.current_task(), events)
         run = reply.first_run
         while run:
             usage = usage_from_run(call.endpoint, run)
