@@ -137,6 +137,25 @@ def mock() -> Iterator[Mock]:
     proc.stop()
 
 
+def mock_provider(
+    name: str, knobs: str = "", *, scope: str = "", base: str = "{mock}/v1", extra: str = ""
+) -> str:
+    """A `providers:` entry (YAML) for the test mock with fixed fault knobs: its `headers` send
+    `x-mock` upstream on every call; `scope` names its request counter at the mock."""
+    header = ";".join(part for part in (knobs, f"scope={scope}" if scope else "") if part)
+    lines = [
+        f"  {name}:",
+        "    kind: openai",
+        f"    base_url: {base}",
+        f"    api_key: {PROVIDER_KEY}",
+    ]
+    if header:
+        lines.append(f'    headers: {{x-mock: "{header}"}}')
+    if extra:
+        lines.append(f"    {extra}")
+    return "\n" + "\n".join(lines)
+
+
 def basic_policy(mock_url: str, store: Path, extra: str = "") -> str:
     """A gateway in front of the mock, auth off; `extra` adds YAML (e.g. `clients:`)."""
     return f"""

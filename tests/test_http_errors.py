@@ -8,30 +8,21 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from harness import PROVIDER_KEY, Gateway, Gateways, free_port
+from harness import PROVIDER_KEY, Gateway, Gateways, free_port, mock_provider
 
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
-
-
-def _provider(name: str, knobs: str, base: str = "{mock}/v1") -> str:
-    return f"""
-  {name}:
-    kind: openai
-    base_url: {base}
-    api_key: {PROVIDER_KEY}
-    headers: {{x-mock: "{knobs}"}}"""
 
 
 @pytest.fixture(scope="module")
 def faulty(gateways: Gateways) -> Gateway:
     providers = "".join(
         [
-            _provider("up", "scope=errors-ok"),
-            _provider("rejects", "status=400;scope=errors-400"),
-            _provider("down", "status=503;retry_after=7;scope=errors-503"),
-            _provider("garbled", "malformed;chunk_delay=0.02;scope=errors-malformed"),
-            _provider("html", "scope=errors-html", base="{mock}/not-an-api"),
-            _provider("closed", "scope=none", base=f"http://127.0.0.1:{free_port()}/v1"),
+            mock_provider("up", "scope=errors-ok"),
+            mock_provider("rejects", "status=400;scope=errors-400"),
+            mock_provider("down", "status=503;retry_after=7;scope=errors-503"),
+            mock_provider("garbled", "malformed;chunk_delay=0.02;scope=errors-malformed"),
+            mock_provider("html", "scope=errors-html", base="{mock}/not-an-api"),
+            mock_provider("closed", "scope=none", base=f"http://127.0.0.1:{free_port()}/v1"),
         ]
     )
     return gateways.start(f"""

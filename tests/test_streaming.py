@@ -8,21 +8,14 @@ import time
 import httpx
 import openai
 import pytest
-from harness import PROVIDER_KEY, Gateway, Gateways
+from harness import Gateway, Gateways, mock_provider
 
 USER = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture(scope="module")
 def broken(gateways: Gateways) -> Gateway:
-    def provider(name: str, knobs: str) -> str:
-        return f"""
-  {name}:
-    kind: openai
-    base_url: {{mock}}/v1
-    api_key: {PROVIDER_KEY}
-    headers: {{x-mock: "{knobs}"}}"""
-
+    provider = mock_provider
     providers = "".join(
         [
             provider("cut", "cut_after=5;chunks=12;scope=s-cut"),

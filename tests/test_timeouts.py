@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
-from harness import PROVIDER_KEY, Gateway, Gateways
+from harness import Gateway, Gateways, mock_provider
 
 USER = [{"role": "user", "content": "hi"}]
 
@@ -40,13 +40,7 @@ def blackhole() -> Iterator[int]:
 @pytest.fixture(scope="module")
 def slow(gateways: Gateways, blackhole: int) -> Gateway:
     def provider(name: str, knobs: str, timeouts: str, base: str = "{mock}/v1") -> str:
-        return f"""
-  {name}:
-    kind: openai
-    base_url: {base}
-    api_key: {PROVIDER_KEY}
-    headers: {{x-mock: "{knobs}"}}
-    timeouts: {timeouts}"""
+        return mock_provider(name, knobs, base=base, extra=f"timeouts: {timeouts}")
 
     providers = "".join(
         [

@@ -6,18 +6,13 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
-from harness import PROVIDER_KEY, Gateway, Gateways
+from harness import Gateway, Gateways, mock_provider
 
 USER = [{"role": "user", "content": "hi"}]
 
 
 def _provider(name: str, knobs: str) -> str:
-    return f"""
-  {name}:
-    kind: openai
-    base_url: {{mock}}/v1
-    api_key: {PROVIDER_KEY}
-    headers: {{x-mock: "{knobs};scope=fc-{name}"}}"""
+    return mock_provider(name, knobs, scope=f"fc-{name}")
 
 
 @pytest.fixture(scope="module")

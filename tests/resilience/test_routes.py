@@ -12,26 +12,21 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
-from harness import PROVIDER_KEY, Gateway, Gateways, free_port
+from harness import Gateway, Gateways, free_port, mock_provider
 
 USER = [{"role": "user", "content": "hi"}]
 ADMIN_KEY = "sp-admin-key-0123456789"
 
 
 def _provider(name: str, knobs: str, extra: str = "", base: str = "{mock}/v1") -> str:
-    return f"""
-  {name}:
-    kind: openai
-    base_url: {base}
-    api_key: {PROVIDER_KEY}
-    headers: {{x-mock: "{knobs};scope=res-{name}"}}{extra}"""
+    return mock_provider(name, knobs, scope=f"res-{name}", base=base, extra=extra)
 
 
 PROVIDERS = [
     _provider("down", "status=503"),
     _provider("backup", ""),
     _provider("closed", "", base=f"http://127.0.0.1:{free_port()}/v1"),
-    _provider("slow", "delay=2", "\n    timeouts: {first_byte: 300ms}"),
+    _provider("slow", "delay=2", "timeouts: {first_byte: 300ms}"),
     _provider("limited", "status=429;retry_after=0.3"),
     _provider("limited2", "status=429;retry_after=0.3"),
     _provider("rejects", "status=400"),
