@@ -58,8 +58,11 @@ class AccessLog:
                 except queue.Empty:
                     break
             if batch:
-                self._stream.write(b"".join(batch).decode())
-                self._stream.flush()
+                try:
+                    self._stream.write(b"".join(batch).decode())
+                    self._stream.flush()
+                except (OSError, ValueError):
+                    pass  # stderr is gone (closed pipe): drop the lines, keep draining
             if item is None:
                 return
 
@@ -83,9 +86,13 @@ def line(trace: Trace, now: float) -> bytes:
         record["ttfb_ms"] = round((trace.first_byte - trace.started) * 1000, 2)
     if trace.error_code:
         record["error"] = trace.error_code
-    if len(trace.attempts) > 1 or trace.fallback or trace.error_code:
+    if len(trace.attempts) > 1 or trace.fallback or trace.error_code or trace.status >= 400:
         record["attempts"] = [[a.target, a.outcome, a.ms] for a in trace.attempts]
         record["fallback"] = trace.fallback
+    if trace.cache is not None:
+        record["cache"] = trace.cache
+    if trace.saved is not None:
+        record["saved_tokens"] = trace.saved.total_tokens
     if trace.usage is not None:
         u = trace.usage
         record["tokens"] = {"prompt": u.prompt_tokens, "completion": u.completion_tokens,

@@ -9,13 +9,14 @@ is refused with a 403 that says how to configure a key.
 
 from __future__ import annotations
 
-import hashlib
-
 from aiohttp import web
 
-from gateway.decide.auth import key_from_headers
-from gateway.errors import AdminNotConfigured, AuthenticationFailed
-from gateway.server import HEALTH, POLICY, TRACE
+from gateway.decide.auth import authenticate
+from gateway.errors import AdminNotConfigured
+from gateway.model import Principal
+from gateway.server import HEALTH, POLICY, TRACE, request_key
+
+ADMIN = Principal("admin", frozenset())
 
 
 def add_admin_routes(app: web.Application) -> None:
@@ -24,17 +25,16 @@ def add_admin_routes(app: web.Application) -> None:
 
 def _check_admin(request: web.Request) -> None:
     policy = request.app[POLICY]
-    request[TRACE].client = "admin"
     if not policy.admin_key_hashes:
         if policy.auth_enabled:
             raise AdminNotConfigured(
                 "the admin API needs an admin key: add `admin: {key_env: SAVEPOINT_ADMIN_KEY}` "
                 "to the policy"
             )
-        return
-    key = key_from_headers(request.headers.get("Authorization"), request.headers.get("x-api-key"))
-    if key is None or hashlib.sha256(key.encode()).hexdigest() not in policy.admin_key_hashes:
-        raise AuthenticationFailed("the admin API needs the admin key as `Authorization: Bearer`")
+    else:
+        admins = {key_hash: ADMIN for key_hash in policy.admin_key_hashes}
+        authenticate(admins, request_key(request))
+    request[TRACE].client = ADMIN.name
 
 
 async def breakers(request: web.Request) -> web.Response:

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from gateway.accesslog import AccessLog
 from gateway.admin import add_admin_routes
-from gateway.breakers import Health
+from gateway.breakers import EventSink, Health
 from gateway.config.schema import Policy, ProviderSpec
 from gateway.ejections import EjectionSync
 from gateway.lifecycle import Drain
@@ -35,8 +35,9 @@ from gateway.server import (
     STORE,
     add_routes,
 )
+from gateway.stages.cache import ResponseCache
 from gateway.stages.dispatch import Dispatcher
-from gateway.stores.base import Store
+from gateway.stores.base import Store, StoreUnavailable
 from gateway.stores.redis import RedisStore
 from gateway.stores.sqlite import SqliteStore
 
@@ -56,9 +57,11 @@ def build_app(policy: Policy, log_stream: TextIO | None = None) -> web.Applicati
     ejections = EjectionSync(store, targets, access_log.event)
     health = Health(policy.breakers, access_log.event, on_open=ejections.opened)
     app[HEALTH] = health
-    app[PIPELINE] = Pipeline(policy, Dispatcher(providers, health, drain), drain)
+    cache = ResponseCache(store, access_log.event)
+    app[PIPELINE] = Pipeline(policy, cache, Dispatcher(providers, health, drain), drain)
     app.cleanup_ctx.append(_opened(access_log))
-    app.cleanup_ctx.append(_opened_store(store))
+    app.cleanup_ctx.append(_opened_store(store, access_log.event))
+    app.cleanup_ctx.append(_flushed_cache(cache))
     app.cleanup_ctx.append(_sharing_ejections(ejections, health))
     for name, spec in policy.providers.items():
         app.cleanup_ctx.append(_started_provider(spec, providers[name]))
@@ -82,11 +85,24 @@ def _opened(access_log: AccessLog) -> Callable[[web.Application], AsyncIterator[
     return ctx
 
 
-def _opened_store(store: Store) -> Callable[[web.Application], AsyncIterator[None]]:
+def _opened_store(
+    store: Store, events: EventSink
+) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        await store.open()
+        try:
+            await store.open()
+        except StoreUnavailable as e:  # never fatal: the gateway serves without its store
+            events({"event": "store_unavailable", "purpose": "open", "error": str(e)})
         yield
         await store.close()
+
+    return ctx
+
+
+def _flushed_cache(cache: ResponseCache) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        yield
+        await cache.close()  # before the store closes (contexts unwind in reverse)
 
     return ctx
 

@@ -8,8 +8,9 @@ breaker is skipped without a call; once its reset timeout has passed exactly one
 let through as the half-open probe. Each consecutive re-open doubles the reset timeout, up to
 `max_reset_timeout`. A 429 does not count against the breaker: it benches the deployment for
 its Retry-After instead. A client error (any other 4xx) counts as a success: the provider
-answered (SEMANTICS.md §4.6). The gateway's own deadline and cancelled requests count for
-nothing.
+answered (SEMANTICS.md §4.6). A timeout that only fired because the route's (or the client's)
+deadline cut it short, and a cancelled request, count for nothing. Only the probe's own
+outcome frees the probe slot.
 """
 
 from __future__ import annotations
@@ -114,10 +115,14 @@ class Health:
     def begin_probe(self, label: str) -> None:
         self._get(label).probing = True
 
-    def record(self, label: str, failure: Failure | None, retry_after: float | None) -> None:
-        """The outcome of one attempt (None: it succeeded)."""
+    def record(
+        self, label: str, failure: Failure | None, retry_after: float | None, probe: bool
+    ) -> None:
+        """The outcome of one attempt (None: it succeeded); `probe` if it was the half-open
+        probe, whose slot it then frees (no other attempt may free it)."""
         d = self._get(label)
-        d.probing = False
+        if probe:
+            d.probing = False
         if failure is Failure.DEADLINE:
             return  # our deadline, not the provider's fault
         if failure in (Failure.RATE_LIMITED, Failure.QUOTA):
@@ -135,15 +140,25 @@ class Health:
         with contextlib.suppress(_Tripped, pybreaker.CircuitBreakerError):
             d.breaker.call(_ok if healthy else _fail)
 
-    def no_verdict(self, label: str) -> None:
+    def no_verdict(self, label: str, probe: bool) -> None:
         """An attempt ended with nothing to say about the provider (the client went away, the
-        gateway drained): the probe slot, if this was the probe, is free again."""
-        self._get(label).probing = False
+        gateway drained, a bug): if it was the probe, the probe slot is free again."""
+        if probe:
+            self._get(label).probing = False
 
     def eject(self, label: str, seconds: float) -> None:
         """Another replica opened this deployment's breaker: skip it for `seconds`."""
         d = self._get(label)
         d.ejected_until = max(d.ejected_until, self._clock() + seconds)
+
+    def retry_wait(self, label: str) -> float | None:
+        """How long before a retry of this deployment could be let through: its remaining
+        429 cooldown or peer ejection (0 if none); None while its breaker is open (a retry
+        would have to wait out the reset timeout: better move on)."""
+        d = self._get(label)
+        if d.breaker.current_state == "open":
+            return None
+        return max(0.0, max(d.cooldown_until, d.ejected_until) - self._clock())
 
     def next_chance(self, labels: list[str]) -> float:
         """Seconds until the first of these deployments may be tried again."""

@@ -74,8 +74,8 @@ def _check(files: Sequence[str]) -> int:
             print(str(e), file=sys.stderr)
             failed = True
             continue
-        off = "".join(f"; provider {p} off: {why}" for p, why in policy.disabled_providers.items())
-        print(f"{path}: ok ({len(policy.models)} models, {len(policy.clients)} clients{off})")
+        print(f"{path}: ok ({len(policy.models)} models, {len(policy.clients)} clients"
+              f"{_switched_off(policy)})")  # fmt: skip
     return 1 if failed else 0
 
 
@@ -119,7 +119,7 @@ async def _run_gateway(policy: Policy, host: str, port: int) -> int:
         if e.errno == errno.EADDRINUSE:
             return _fail(f"cannot listen on {host}:{port}: the port is already in use (use --port)")
         return _fail(f"cannot listen on {host}:{port}: {e.strerror}")
-    off = "".join(f"; provider {p} off: {why}" for p, why in policy.disabled_providers.items())
+    off = _switched_off(policy)
     auth = "auth on" if policy.auth_enabled else "auth off"
     print(
         f"savepoint {__version__} listening on http://{_url_host(host)}:{port}/v1 "
@@ -165,6 +165,10 @@ async def _signalled() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+
+
+def _switched_off(policy: Policy) -> str:
+    return "".join(f"; provider {p} off: {why}" for p, why in policy.disabled_providers.items())
 
 
 def _is_loopback(host: str) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Sequence
 
 from gateway.breakers import EventSink, Health
@@ -27,6 +28,7 @@ class EjectionSync:
         self._interval = interval
         self._tasks: set[asyncio.Task[None]] = set()
         self._failing = False
+        self._started = time.time()
 
     def opened(self, target: str, seconds: float) -> None:
         """A breaker opened here: publish it (Health calls this synchronously)."""
@@ -45,9 +47,12 @@ class EjectionSync:
         while True:
             await asyncio.sleep(self._interval)
             try:
-                found = await self._store.ejections(self._targets)
+                found = await self._store.ejections(self._targets, self._started)
             except StoreUnavailable as e:
                 self._failed(e)
+                continue
+            except Exception as e:  # a bug must not end sharing until the next restart
+                self._events({"event": "error", "purpose": "ejections", "error": repr(e)})
                 continue
             self._recovered()
             for target, seconds in found.items():

@@ -16,7 +16,7 @@ from typing import Any
 from gateway.errors import GatewayUnavailable
 from gateway.providers.base import EventStream
 
-_SHUTDOWN = "the gateway is shutting down and its drain deadline passed; retry the request"
+SHUTDOWN = "the gateway is shutting down and its drain deadline passed; retry the request"
 
 
 class Drain:
@@ -67,7 +67,7 @@ class Drain:
             self.expired = True
             for task, stream in list(self._tasks.items()):
                 if stream is not None:
-                    stream.abort(GatewayUnavailable(_SHUTDOWN))
+                    stream.abort(GatewayUnavailable(SHUTDOWN))
                 else:
                     task.cancel()
             with contextlib.suppress(TimeoutError):

@@ -1,7 +1,7 @@
 """Value types that flow through the request pipeline.
 
 Everything here is plain data. `Trace` is the one mutable record: each stage fills in what it
-learnt (client, target, status, usage) and the accounting stage reads it once at the end.
+learnt (client, target, status, usage) and the access log writes it once at the end.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ class Attempt:
 
 @dataclass(slots=True)
 class Trace:
-    """What happened to one request, filled in by the stages, logged by accounting."""
+    """What happened to one request, filled in by the stages, written by the access log."""
 
     request_id: str
     method: str
@@ -117,3 +117,6 @@ class Trace:
     usage: Usage | None = None
     attempts: list[Attempt] = field(default_factory=list)
     fallback: bool = False  # served (or failed) beyond the route's first group
+    cache: str | None = None  # hit, miss, refresh, bypass (models with a cache)
+    saved: Usage | None = None  # the usage of a stored answer served instead of a live one
+    extra_headers: dict[str, str] = field(default_factory=dict)  # set by stages, on the reply

@@ -1,6 +1,6 @@
 """The fixed order of stages every generation request goes through.
 
-    authenticate -> parse -> resolve policy -> [admit] -> [cache / idempotency] -> dispatch
+    authenticate -> parse -> resolve policy -> [admit] -> [idempotency] -> cache -> dispatch
 
 Stages in brackets arrive with later issues (limits and budgets; the store, cache and replay);
 they slot in at the marked lines. A stage ends a request early by raising a
@@ -20,8 +20,9 @@ from gateway.decide.calls import parse_call
 from gateway.decide.routing import resolve_model
 from gateway.downstream import Downstream
 from gateway.errors import GatewayUnavailable
-from gateway.lifecycle import Drain
+from gateway.lifecycle import SHUTDOWN, Drain
 from gateway.model import Endpoint, Principal, Trace
+from gateway.stages.cache import ResponseCache
 from gateway.stages.dispatch import Dispatcher
 
 
@@ -32,12 +33,14 @@ class Inbound:
     endpoint: Endpoint
     api_key: str | None
     read_timeout: str | None
+    cache_control: str | None
     read_body: Callable[[], Awaitable[bytes]]
 
 
 class Pipeline:
-    def __init__(self, policy: Policy, dispatcher: Dispatcher, drain: Drain):
+    def __init__(self, policy: Policy, cache: ResponseCache, dispatcher: Dispatcher, drain: Drain):
         self._policy = policy
+        self._cache = cache
         self._dispatcher = dispatcher
         self._drain = drain
         self._clients = {
@@ -60,16 +63,20 @@ class Pipeline:
             trace.model, trace.stream = call.model, call.stream
             spec = resolve_model(self._policy, principal, call.model)
             # admit: rate limits, budgets, loop guard (issue 5)
-            # cache / idempotency / run journal (issue 4)
-            await self._dispatcher.dispatch(spec, call, raw, trace, downstream)
+            # idempotency / run journal (issue 4)
+            plan = self._cache.plan(spec, principal, call, inbound.cache_control)
+            if plan is not None and await self._cache.answer(plan, call, trace, downstream):
+                return
+            capture = self._cache.capture(plan)
+            await self._dispatcher.dispatch(spec, call, raw, trace, downstream, capture)
+            if plan is not None and capture is not None:
+                self._cache.keep(plan, call, capture)
         except asyncio.CancelledError:
             if not self._drain.expired or downstream.committed:
                 raise
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()  # we answer instead of dying; the cancellation was ours
-            raise GatewayUnavailable(
-                "the gateway is shutting down and its drain deadline passed; retry the request"
-            ) from None
+            raise GatewayUnavailable(SHUTDOWN) from None
         finally:
             self._drain.leave(token)

@@ -35,7 +35,7 @@ from gateway.errors import (
     stream_error_event,
 )
 from gateway.lifecycle import Drain
-from gateway.model import Endpoint, Trace
+from gateway.model import Endpoint, Principal, Trace
 from gateway.pipeline import Inbound, Pipeline
 from gateway.stores.base import Store, StoreUnavailable
 
@@ -143,6 +143,7 @@ async def generation(endpoint: Endpoint, request: web.Request) -> web.StreamResp
             request.headers.get("Authorization"), request.headers.get("x-api-key")
         ),
         read_timeout=request.headers.get("x-stainless-read-timeout"),
+        cache_control=request.headers.get("Cache-Control"),
         read_body=partial(_read_body, request),
     )
     trace = request[TRACE]
@@ -200,11 +201,11 @@ class AiohttpDownstream:
 
     async def commit(self, headers: Mapping[str, str]) -> None:
         stream = web.StreamResponse(status=200, headers=headers)
-        self._stream = self._response = stream
         try:
             await stream.prepare(self._request)
         except (ConnectionError, RuntimeError) as e:
             raise ClientDisconnected() from e
+        self._stream = self._response = stream  # committed only once the headers are out
 
     async def write(self, data: bytes) -> None:
         assert self._stream is not None
@@ -242,9 +243,13 @@ async def get_model(request: web.Request) -> web.Response:
     return web.json_response(body, headers=_id(request))
 
 
-def _principal(request: web.Request):  # type: ignore[no-untyped-def]
-    key = key_from_headers(request.headers.get("Authorization"), request.headers.get("x-api-key"))
-    return request.app[PIPELINE].authenticate(key)
+def request_key(request: web.Request) -> str | None:
+    """The API key a request carries (`Authorization: Bearer` or `x-api-key`)."""
+    return key_from_headers(request.headers.get("Authorization"), request.headers.get("x-api-key"))
+
+
+def _principal(request: web.Request) -> Principal:
+    return request.app[PIPELINE].authenticate(request_key(request))
 
 
 def _model_object(name: str, owned_by: str, created: int) -> dict[str, object]:

@@ -15,6 +15,7 @@ RANK = {
     "gateway.errors": 0,
     "gateway.config": 1,
     "gateway.decide": 2,
+    "gateway.transcode": 2,
     "gateway.providers": 3,
     "gateway.stores": 3,
     "gateway.downstream": 3,

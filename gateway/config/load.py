@@ -19,6 +19,7 @@ from gateway.config import fields, routes
 from gateway.config.fields import Path
 from gateway.config.schema import (
     BreakerSpec,
+    CacheSpec,
     ClientSpec,
     Policy,
     ProviderSpec,
@@ -32,7 +33,7 @@ from gateway.config.schema import (
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _TOP_KEYS = (
     "version", "server", "store", "providers", "models", "clients", "retries", "breakers",
-    "admin",
+    "admin", "cache",
 )  # fmt: skip
 _DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
 
@@ -95,9 +96,11 @@ def _policy(ctx: fields.Problems, data: Any, source: str) -> Policy | None:
     store = _store(ctx, top.get("store"))
     providers, disabled = _providers(ctx, top.get("providers"))
     default_retries = routes.retries(ctx, top.get("retries"), ("retries",), RetrySpec())
+    default_cache = routes.cache(ctx, top.get("cache"), ("cache",), CacheSpec())
     models, unavailable = routes.models(
-        ctx, top.get("models"), providers, disabled, default_retries, "retries" in top
-    )
+        ctx, top.get("models"), providers, disabled, default_retries, "retries" in top,
+        default_cache,
+    )  # fmt: skip
     clients = _clients(ctx, top.get("clients"), set(models) | set(unavailable))
     if not models and not unavailable and not ctx.problems:
         ctx.problem(("models",), "no models defined; add at least one under `models:`")
@@ -196,7 +199,10 @@ def _headers(ctx: fields.Problems, value: Any, path: Path) -> dict[str, str]:
 def _provider_key(
     ctx: fields.Problems, m: dict[str, Any], path: Path, name: str, disabled: dict[str, str]
 ) -> Secret | None:
-    literal = fields.string(ctx, m, "api_key", path, None)
+    literal = m.get("api_key")
+    if literal is not None and not isinstance(literal, str):
+        ctx.problem((*path, "api_key"), "expected a string (the value is not shown)")
+        literal = None
     env_name = fields.string(ctx, m, "api_key_env", path, None)
     optional = fields.boolean(ctx, m, "optional", path, False)
     if literal and env_name:
@@ -272,7 +278,9 @@ def _key_hashes(ctx: fields.Problems, m: dict[str, Any], path: Path, who: str) -
         if isinstance(h, str) and _SHA256.fullmatch(h.lower()):
             hashes.add(h.lower())
         else:
-            ctx.problem(where, f"expected 64 hex digits (sha256 of the key), got {fields.show(h)}")
+            # never echo it: a malformed hash is often the key itself, pasted in by mistake
+            size = f"{len(h)} characters" if isinstance(h, str) else type(h).__name__
+            ctx.problem(where, f"expected 64 hex digits (sha256 of the key), got {size}")
     env_name = fields.string(ctx, m, "key_env", path, None)
     if env_name:
         key = ctx.env.get(env_name, "")

@@ -26,6 +26,7 @@ from gateway.config.fields import Path
 from gateway.config.schema import (
     DEFAULT_DEADLINE,
     DEFAULT_FALLBACK_ON,
+    CacheSpec,
     GroupSpec,
     ModelSpec,
     ProviderSpec,
@@ -34,7 +35,10 @@ from gateway.config.schema import (
 )
 from gateway.model import Failure
 
-_MODEL_KEYS = ("targets", "fallbacks", "owned_by", "deadline", "fallback_on", "balance", "retries")
+_MODEL_KEYS = (
+    "targets", "fallbacks", "owned_by", "deadline", "fallback_on", "balance", "retries", "cache"
+)  # fmt: skip
+_CACHE_KEYS = tuple(f.name for f in dataclass_fields(CacheSpec))
 _TARGET_KEYS = ("provider", "model", "timeouts", "weight", "context_window")
 _RETRY_KEYS = tuple(f.name for f in dataclass_fields(RetrySpec))
 # Failures that can move a request on: not a client error (the request's own fault), not a
@@ -61,6 +65,17 @@ def retries(ctx: fields.Problems, value: Any, path: Path, base: RetrySpec) -> Re
     return spec
 
 
+def cache(ctx: fields.Problems, value: Any, path: Path, base: CacheSpec) -> CacheSpec:
+    m = fields.mapping(ctx, value, path, _CACHE_KEYS)
+    return CacheSpec(
+        enabled=fields.boolean(ctx, m, "enabled", path, base.enabled),
+        ttl=fields.seconds(ctx, m, "ttl", path, base.ttl),
+        max_entries=fields.integer(ctx, m, "max_entries", path, base.max_entries, 1),
+        max_entry_bytes=fields.size(ctx, m, "max_entry_bytes", path, base.max_entry_bytes),
+        shared=fields.boolean(ctx, m, "shared", path, base.shared),
+    )
+
+
 def models(
     ctx: fields.Problems,
     value: Any,
@@ -68,6 +83,7 @@ def models(
     disabled: dict[str, str],
     default_retries: RetrySpec,
     has_top_retries: bool,
+    default_cache: CacheSpec,
 ) -> tuple[dict[str, ModelSpec], dict[str, str]]:
     own: dict[str, ModelSpec] = {}
     fallbacks: dict[str, list[str]] = {}
@@ -93,6 +109,7 @@ def models(
             fallback_on=_fallback_on(ctx, m, path),
             balance=_balance(ctx, m, path),
             retries=retries(ctx, m.get("retries"), (*path, "retries"), default_retries),
+            cache=cache(ctx, m.get("cache"), (*path, "cache"), default_cache),
         )
         where: Path = (*path, "retries") if "retries" in m else ("retries",)
         if "retries" not in m and not has_top_retries:

@@ -108,6 +108,19 @@ class RetrySpec:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheSpec:
+    """The response cache of one model. Off unless the policy turns it on: a cache makes
+    identical requests get identical answers, which is not what a sampling temperature above
+    zero asks for; turn it on where repeated requests should not be paid twice."""
+
+    enabled: bool = False
+    ttl: float = 3600.0
+    max_entries: int = 10_000  # per model; the oldest are evicted first
+    max_entry_bytes: int = 1024 * 1024  # larger answers are not stored
+    shared: bool = False  # one cache for all clients (default: one per client)
+
+
+@dataclass(frozen=True, slots=True)
 class BreakerSpec:
     """One circuit breaker per deployment (pybreaker): `fail_max` consecutive provider
     failures open it; after `reset_timeout` one probe at a time may pass; each consecutive
@@ -130,6 +143,7 @@ class ModelSpec:
     fallback_on: frozenset[Failure] = DEFAULT_FALLBACK_ON
     balance: Balance = "weighted"
     retries: RetrySpec = RetrySpec()
+    cache: CacheSpec = CacheSpec()
 
     @property
     def targets(self) -> tuple[TargetSpec, ...]:

@@ -36,7 +36,11 @@ class OpenAIProvider:
         if spec.api_key is not None:
             headers["Authorization"] = f"Bearer {spec.api_key.reveal()}"
         self._headers = headers
-        self._secret = spec.api_key.reveal().encode() if spec.api_key is not None else b""
+        # Everything we send that could be a credential: the key, and the configured headers
+        # (an Azure `api-key`, an `x-api-key`...). Short values are not secrets worth hiding.
+        secrets = [spec.api_key.reveal()] if spec.api_key is not None else []
+        secrets += [value for value in spec.headers.values() if len(value) >= 12]
+        self._secrets = [s.encode() for s in secrets if s]
         self._session: aiohttp.ClientSession | None = None
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
@@ -62,15 +66,20 @@ class OpenAIProvider:
 
     def _connect_timeout(self, seconds: float) -> aiohttp.ClientTimeout:
         timeout = self._timeouts.get(seconds)
-        if timeout is None:  # one per distinct value, not one per request
-            timeout = self._timeouts[seconds] = aiohttp.ClientTimeout(
-                total=None, sock_connect=seconds
-            )
+        if timeout is None:
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=seconds)
+            # One per configured value, reused; values cut short by a deadline differ for
+            # every request and are not kept (the cache would grow without bound).
+            if len(self._timeouts) < 16:
+                self._timeouts[seconds] = timeout
         return timeout
 
     def scrub(self, body: bytes) -> bytes:
-        """An upstream error body with our own provider key blanked out, should it echo it."""
-        return body.replace(self._secret, b"***") if self._secret and self._secret in body else body
+        """An upstream error body with our credentials blanked out, should it echo them."""
+        for secret in self._secrets:
+            if secret in body:
+                body = body.replace(secret, b"***")
+        return body
 
     async def send(self, request: UpstreamRequest) -> UpstreamReply:
         assert self._session is not None, "provider used before start()"

@@ -43,6 +43,7 @@ from gateway.errors import NoHealthyTarget, UpstreamBadResponse, UpstreamError, 
 from gateway.lifecycle import Drain
 from gateway.model import Attempt, Call, Failure, Trace
 from gateway.providers.base import Provider, UpstreamReply, UpstreamRequest
+from gateway.stages.capture import Capture
 from gateway.stages.relay import relay_error, relay_stream, relay_whole, reply_headers
 
 _GIVE_UP = {"x-should-retry": "false"}
@@ -55,6 +56,7 @@ class _Outcome:
     failure: Failure | None  # None: success
     retry_after: float | None = None
     parsed: Any = None  # a whole answer's JSON, parsed once
+    probe: bool = False  # this attempt was its deployment's half-open probe
 
 
 @dataclass(slots=True)
@@ -86,7 +88,13 @@ class Dispatcher:
         self._rng = rng or random.Random()
 
     async def dispatch(
-        self, spec: ModelSpec, call: Call, raw: bytes, trace: Trace, downstream: Downstream
+        self,
+        spec: ModelSpec,
+        call: Call,
+        raw: bytes,
+        trace: Trace,
+        downstream: Downstream,
+        capture: Capture | None = None,
     ) -> None:
         walk = _Walk(deadline=time.monotonic() + chain_budget(spec.deadline, call.read_timeout))
         try:
@@ -105,7 +113,7 @@ class Dispatcher:
                         f"{len(trace.attempts)} attempts (models.{spec.name}.deadline is "
                         f"{spec.deadline:g}s; the client's own timeout may be shorter)",
                         code="deadline_exceeded",
-                        headers=_GIVE_UP,
+                        headers=dict(_GIVE_UP),
                     )
                 outcome = await self._attempt(target, probe, call, raw, remaining, trace)
                 self._end_retry(walk)
@@ -113,7 +121,7 @@ class Dispatcher:
                 walk.last, walk.last_target = outcome, target
                 trace.fallback = walk.group > 0
                 if outcome.failure is None:
-                    return await self._answer(target, outcome, call, trace, downstream)
+                    return await self._answer(target, outcome, call, trace, downstream, capture)
                 if not await self._after_failure(spec, walk, target, outcome):
                     return await self._give_up(spec, walk, trace, downstream)
         finally:
@@ -195,19 +203,15 @@ class Dispatcher:
         try:
             reply = await provider.send(request)
         except UpstreamError as error:
-            failure = classify_error(error)
-            if failure is Failure.DEADLINE and request.timeouts.total < remaining:
-                # The target's own `total` ran out, not the route's: like a first byte that
-                # never came, another attempt (or deployment) may still make it in time.
-                failure = Failure.FIRST_BYTE_TIMEOUT
-            outcome = _Outcome(None, error, failure)
-        except asyncio.CancelledError:
-            self._health.no_verdict(label)
+            outcome = _Outcome(None, error, _judge_error(error, request, target, remaining))
+        except BaseException:  # cancelled (the client left), or a bug: no verdict
+            self._health.no_verdict(label, probe)
             raise
         else:
             outcome = _judge(provider, reply)
+        outcome.probe = probe
         if outcome.failure is not None or reply is None or reply.events is None:
-            self._health.record(label, outcome.failure, outcome.retry_after)
+            self._health.record(label, outcome.failure, outcome.retry_after, probe)
         # else: a stream gets one verdict, when it ends (see _answer)
         ms = round((time.monotonic() - started) * 1000, 2)
         trace.attempts.append(
@@ -222,6 +226,10 @@ class Dispatcher:
         assert outcome.failure is not None
         label, retries = target.label, spec.retries
         attempts_here = walk.tried[label]
+        # A deployment benched by this very failure cannot be retried before it is back:
+        # wait out a cooldown (never less), but do not wait for an open breaker.
+        wait = self._health.retry_wait(label)
+        max_attempts = attempts_here if wait is None else retries.attempts_per_target
         group = spec.groups[walk.group]
         other = any(
             t.label != label
@@ -234,11 +242,11 @@ class Dispatcher:
             Situation(
                 failure=outcome.failure,
                 attempts_here=attempts_here,
-                max_attempts=retries.attempts_per_target,
+                max_attempts=max_attempts,
                 other_target=other,
                 next_group=next_group(spec.groups, walk.group, outcome.failure, target),
                 fallback_on=spec.fallback_on,
-                retry_after=outcome.retry_after,
+                retry_after=max(outcome.retry_after or 0.0, wait or 0.0),
                 backoff=backoff(
                     attempts_here - 1, retries.backoff_base, retries.backoff_cap, self._rng.random()
                 ),
@@ -270,6 +278,7 @@ class Dispatcher:
         call: Call,
         trace: Trace,
         downstream: Downstream,
+        capture: Capture | None,
     ) -> None:
         reply = outcome.reply
         assert reply is not None
@@ -277,15 +286,21 @@ class Dispatcher:
         trace.upstream_request_id = reply.headers.get("x-request-id")
         headers = reply_headers(reply, trace, _route_headers(target, trace))
         if reply.events is None:
-            return await relay_whole(reply, outcome.parsed, headers, trace, downstream)
+            return await relay_whole(reply, outcome.parsed, headers, trace, downstream, capture)
+
+        verdict = False
 
         def ended(error: UpstreamError | None) -> None:  # the stream's one verdict
-            self._health.record(target.label, classify_error(error) if error else None, None)
+            nonlocal verdict
+            verdict = True
+            failure = classify_error(error) if error else None
+            self._health.record(target.label, failure, None, outcome.probe)
 
         try:
-            await relay_stream(call, reply, headers, trace, downstream, self._drain, ended)
+            await relay_stream(call, reply, headers, trace, downstream, self._drain, ended, capture)
         finally:
-            self._health.no_verdict(target.label)  # frees a probe slot the stream held
+            if not verdict:
+                self._health.no_verdict(target.label, outcome.probe)
 
     async def _give_up(
         self, spec: ModelSpec, walk: _Walk, trace: Trace, downstream: Downstream
@@ -298,21 +313,40 @@ class Dispatcher:
                        "retry-after": str(max(1, round(wait))),
                        "retry-after-ms": str(round(wait * 1000))}  # fmt: skip
             raise NoHealthyTarget(
-                f"no deployment of `{spec.name}` can take requests right now (circuit breakers "
-                f"open or rate-limit cooldowns: {', '.join(labels)}); retry in {wait:.1f}s",
+                f"no deployment of `{spec.name}` can take requests right now (open circuit "
+                f"breakers, rate-limit cooldowns, or ejected by another replica: "
+                f"{', '.join(labels)}); retry in {wait:.1f}s",
                 headers=headers,
             )
         extra = {**_route_headers(target, trace), **_GIVE_UP}
         trace.target = target.label
+        if last.failure is not None:
+            trace.error_code = last.failure.value
         if last.error is not None:
             last.error.headers.update(extra)
             raise last.error
         assert last.reply is not None
-        trace.target = target.label
         trace.upstream_request_id = last.reply.headers.get("x-request-id")
         provider = self._providers[target.provider]
         await relay_error(provider, last.reply, reply_headers(last.reply, trace, extra), trace,
                           downstream)  # fmt: skip
+
+
+def _judge_error(
+    error: UpstreamError, request: UpstreamRequest, target: TargetSpec, remaining: float
+) -> Failure:
+    """The failure of an attempt that raised. A timeout is the provider's fault only if it
+    fired on the target's own timeouts; one that only fired because what was left of the
+    route's (or the client's) deadline cut them short is the deadline's."""
+    failure = classify_error(error)
+    t, own = request.timeouts, target.timeouts
+    if failure is Failure.FIRST_BYTE_TIMEOUT and t.first_byte < own.first_byte:
+        return Failure.DEADLINE
+    if failure is Failure.DEADLINE and t.total < remaining:
+        # the target's own `total` ran out, not the route's: like a first byte that never
+        # came, another attempt (or deployment) may still make it in time
+        return Failure.FIRST_BYTE_TIMEOUT
+    return failure
 
 
 def _judge(provider: Provider, reply: UpstreamReply) -> _Outcome:

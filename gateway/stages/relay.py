@@ -20,9 +20,10 @@ from gateway.errors import SavepointError, UpstreamError, error_object, shape_of
 from gateway.lifecycle import Drain
 from gateway.model import Call, Trace
 from gateway.providers.base import Provider, UpstreamReply
+from gateway.stages.capture import Capture
 
-_JSON = "application/json"
-_SSE_HEADERS = {
+JSON = "application/json"
+SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",  # tell a reverse proxy in front of us not to buffer the stream
@@ -33,6 +34,7 @@ def reply_headers(reply: UpstreamReply, trace: Trace, extra: Mapping[str, str]) 
     headers = dict(reply.headers)
     headers.setdefault("x-request-id", trace.request_id)
     headers["x-savepoint-request-id"] = trace.request_id
+    headers.update(trace.extra_headers)
     headers.update(extra)
     return headers
 
@@ -43,11 +45,14 @@ async def relay_whole(
     headers: dict[str, str],
     trace: Trace,
     downstream: Downstream,
+    capture: Capture | None,
 ) -> None:
     """A complete 200 answer, passed on byte for byte (`parsed` is its JSON, for usage)."""
     trace.status = 200
     trace.usage = usage_from_body(parsed)
-    await downstream.reply(200, {**headers, "Content-Type": _JSON}, reply.body)
+    if capture is not None:
+        capture.body, capture.complete = reply.body, True
+    await downstream.reply(200, {**headers, "Content-Type": JSON}, reply.body)
 
 
 async def relay_error(
@@ -60,7 +65,7 @@ async def relay_error(
     """An upstream error answer, with its status."""
     trace.status = reply.status
     body = upstream_error_body(provider, reply)
-    await downstream.reply(reply.status, {**headers, "Content-Type": _JSON}, body)
+    await downstream.reply(reply.status, {**headers, "Content-Type": JSON}, body)
 
 
 async def relay_stream(
@@ -71,6 +76,7 @@ async def relay_stream(
     downstream: Downstream,
     drain: Drain,
     on_end: Callable[[UpstreamError | None], None],
+    capture: Capture | None,
 ) -> None:
     """Relay a stream past the commit point. `on_end` gets the upstream's verdict once: None
     when the stream reached its final event, the error when the upstream broke it; not at
@@ -79,7 +85,7 @@ async def relay_stream(
     assert events is not None
     try:
         # ---- the commit point: from here on the status is 200, whatever happens upstream ----
-        await downstream.commit({**headers, **_SSE_HEADERS})
+        await downstream.commit({**headers, **SSE_HEADERS})
         trace.status, trace.first_byte = 200, time.monotonic()
         drain.streaming(asyncio.current_task(), events)
         run = reply.first_run
@@ -87,6 +93,8 @@ async def relay_stream(
             usage = usage_from_run(call.endpoint, run)
             if usage is not None:
                 trace.usage = usage
+            if capture is not None:
+                capture.add_run(run)
             await downstream.write(run)
             run = await events.next_run()
     except SavepointError as error:
@@ -96,6 +104,8 @@ async def relay_stream(
         await downstream.write(stream_error_event(error, call.endpoint.typed_events))
     else:
         on_end(None)
+        if capture is not None:
+            capture.complete = True
     finally:
         events.close()
     await downstream.finish()

@@ -3,8 +3,13 @@
 Implementations translate their library's exceptions into `StoreUnavailable`, and never block
 the event loop (SQLite runs in a worker thread; Redis uses redis.asyncio). Today it holds the
 ejections that replicas share (a deployment whose breaker opened in one replica is skipped by
-all); the cache, idempotency records, run journals, limits and the usage ledger add their
-operations here.
+all) and the response cache; idempotency records, run journals, limits and the usage ledger
+add their operations here.
+
+The response cache is partitioned into groups (the gateway uses the model name). An entry is
+identified by its group and its key, so the same key in two groups is two entries. Each group
+holds at most `max_entries` live entries, evicting the oldest by put time; an entry also
+expires after its TTL. Values are opaque bytes.
 """
 
 from __future__ import annotations
@@ -34,6 +39,27 @@ class Store(Protocol):
         """Tell the other replicas that `target` is ejected (its breaker opened) for `seconds`."""
         ...
 
-    async def ejections(self, targets: Sequence[str]) -> dict[str, float]:
-        """Seconds left on each of these targets' ejections, for those ejected."""
+    async def ejections(self, targets: Sequence[str], since: float) -> dict[str, float]:
+        """Seconds left on each of these targets' ejections, for those ejected and published
+        at or after `since` (epoch seconds): a replica ignores what happened before it
+        started, including its own previous life's ejections."""
+        ...
+
+    async def cache_get(self, key: str, group: str) -> bytes | None:
+        """The value cached under `key` in `group`, or None if it is absent or expired."""
+        ...
+
+    async def cache_put(
+        self, key: str, value: bytes, ttl: float, group: str, max_entries: int
+    ) -> None:
+        """Cache `value` under `key` in `group` for `ttl` seconds.
+
+        Putting a key that is already there replaces its value and restarts its TTL and its
+        age. Afterwards `group` holds at most `max_entries` live entries: the oldest by put time
+        beyond that are evicted. Other groups are untouched. `key` is an opaque hex digest.
+        """
+        ...
+
+    async def cache_delete(self, key: str, group: str) -> None:
+        """Forget `key` in `group`; nothing happens if it is not cached."""
         ...

@@ -1,19 +1,72 @@
-"""The shared store for many replicas: Redis through redis.asyncio (hiredis parser, pooled)."""
+"""The shared store for many replicas: Redis through redis.asyncio (hiredis parser, pooled).
+
+Every operation is one round trip. Key names carry a hash tag, so keys that one operation
+touches together live in one Redis Cluster slot:
+
+- `sp:{ejections}:<target>`: a breaker ejection, expiring with it.
+- `sp:{cache:<group>}:<key>`: a cached value (bytes), with its TTL.
+- `sp:{cache:<group>}:index`: the group's sorted set of value key names, scored by put time
+  (server clock, microseconds), which eviction trims to `max_entries`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from gateway.stores.base import StoreUnavailable
+
+# KEYS[1] value key, KEYS[2] the group's index; ARGV value, ttl (ms), max_entries.
+#
+# Index members whose value has expired are not looked for: the index is trimmed by count, so
+# it never holds more than `max_entries` names, and its own TTL (the longest TTL put into it)
+# drops it once the whole group has expired. With one TTL per group, as the gateway uses,
+# values expire in put order, so expired names are always the oldest and are trimmed first;
+# with mixed TTLs a group can hold fewer than `max_entries` live entries for a while, which
+# the contract ("at most") allows.
+#
+# The trimmed value keys are not in KEYS, which Redis Cluster tolerates because they share
+# the group's hash tag, hence its slot.
+# Create the ejection, or only lengthen it: a shorter ejection never cuts a longer one. The
+# value is the publisher's wall time, so a replica can ignore ejections older than itself.
+_EJECT = """
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[1])
+end
+"""
+
+_CACHE_PUT = """
+local ttl, max_entries = tonumber(ARGV[2]), tonumber(ARGV[3])
+local t = redis.call('TIME')
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+redis.call('ZADD', KEYS[2], t[1] * 1000000 + t[2], KEYS[1])
+local excess = redis.call('ZCARD', KEYS[2]) - max_entries
+if excess > 0 then
+  local evicted = redis.call('ZRANGE', KEYS[2], 0, excess - 1)
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, excess - 1)
+  for i = 1, #evicted, 1000 do  -- DEL in slices: unpack() has a stack limit
+    redis.call('DEL', unpack(evicted, i, math.min(i + 999, #evicted)))
+  end
+end
+local left = redis.call('PTTL', KEYS[2])
+if left < ttl then
+  redis.call('PEXPIRE', KEYS[2], ttl)
+end
+"""
 
 
 class RedisStore:
     def __init__(self, url: str):
         self._url = url
         self._client: aioredis.Redis | None = None
+        self._cache_put: AsyncScript | None = None
+        self._eject: AsyncScript | None = None
 
     def describe(self) -> str:
         return f"redis {_without_password(self._url)}"
@@ -22,55 +75,99 @@ class RedisStore:
         self._client = aioredis.Redis.from_url(
             self._url, socket_connect_timeout=2.0, socket_timeout=2.0, health_check_interval=30
         )  # connects lazily: a Redis that is down at start is reported by /readyz, not fatal
+        # EVALSHA, loading the script on the first NOSCRIPT (a new or restarted server)
+        self._cache_put = self._client.register_script(_CACHE_PUT)
+        self._eject = self._client.register_script(_EJECT)
 
     async def ping(self) -> None:
-        if self._client is None:
-            raise StoreUnavailable("the Redis store is not open")
-        try:
-            await self._client.ping()
-        except (RedisError, OSError) as e:
-            raise StoreUnavailable(f"Redis at {self.describe()[6:]}: {e}") from None
+        client = self._open_client()
+        with self._translated():
+            await client.ping()
 
     async def eject(self, target: str, seconds: float) -> None:
-        client = self._open_client()
-        key, ms = _ejection_key(target), max(1, int(seconds * 1000))
-        try:
-            async with client.pipeline(transaction=True) as pipe:
-                # create it, or only lengthen it: a shorter ejection never cuts a longer one
-                pipe.set(key, b"1", px=ms, nx=True)
-                pipe.pexpire(key, ms, gt=True)
-                await pipe.execute()
-        except (RedisError, OSError) as e:
-            raise StoreUnavailable(f"Redis at {self.describe()[6:]}: {e}") from None
+        script = self._eject
+        if script is None:
+            raise StoreUnavailable("the Redis store is not open")
+        with self._translated():
+            ms = max(1, int(seconds * 1000))
+            await script(keys=[_ejection_key(target)], args=[ms, repr(time.time())])
 
-    async def ejections(self, targets: Sequence[str]) -> dict[str, float]:
+    async def ejections(self, targets: Sequence[str], since: float) -> dict[str, float]:
         if not targets:
             return {}
         client = self._open_client()
-        try:
+        with self._translated():
             async with client.pipeline(transaction=False) as pipe:  # one round trip
                 for target in targets:
+                    pipe.get(_ejection_key(target))
                     pipe.pttl(_ejection_key(target))
-                ttls = await pipe.execute()
-        except (RedisError, OSError) as e:
-            raise StoreUnavailable(f"Redis at {self.describe()[6:]}: {e}") from None
-        return {t: ms / 1000 for t, ms in zip(targets, ttls, strict=True) if ms > 0}
+                replies = await pipe.execute()
+        found = {}
+        for i, target in enumerate(targets):
+            published, ms = replies[2 * i], replies[2 * i + 1]
+            if published is not None and ms > 0 and float(published) >= since:
+                found[target] = ms / 1000
+        return found
+
+    async def cache_get(self, key: str, group: str) -> bytes | None:
+        client = self._open_client()
+        with self._translated():
+            value = await client.get(_cache_key(group, key))
+        assert value is None or isinstance(value, bytes)  # the client does not decode
+        return value
+
+    async def cache_put(
+        self, key: str, value: bytes, ttl: float, group: str, max_entries: int
+    ) -> None:
+        script = self._cache_put
+        if script is None:
+            raise StoreUnavailable("the Redis store is not open")
+        keys = [_cache_key(group, key), _cache_index(group)]
+        with self._translated():
+            await script(keys=keys, args=[value, max(1, int(ttl * 1000)), max_entries])
+
+    async def cache_delete(self, key: str, group: str) -> None:
+        client = self._open_client()
+        name = _cache_key(group, key)
+        with self._translated():
+            async with client.pipeline(transaction=True) as pipe:  # one round trip
+                pipe.delete(name)
+                pipe.zrem(_cache_index(group), name)  # frees its place in the group
+                await pipe.execute()
 
     def _open_client(self) -> aioredis.Redis:
         if self._client is None:
             raise StoreUnavailable("the Redis store is not open")
         return self._client
 
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        try:
+            yield
+        except (RedisError, OSError) as e:
+            raise StoreUnavailable(f"Redis at {_without_password(self._url)}: {e}") from None
+
     async def close(self) -> None:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+            self._cache_put = None
 
 
 def _ejection_key(target: str) -> str:
     # One hash tag for all ejections: a replica reads them all in one pipeline, and on Redis
     # Cluster they live in one slot.
     return f"sp:{{ejections}}:{target}"
+
+
+def _cache_key(group: str, key: str) -> str:
+    # A group name holding `}` ends the hash tag early; the tag is still the same for every key
+    # of that group, so its keys still share a slot. Keys are hex, never "index".
+    return f"sp:{{cache:{group}}}:{key}"
+
+
+def _cache_index(group: str) -> str:
+    return f"sp:{{cache:{group}}}:index"
 
 
 def _without_password(url: str) -> str:

@@ -1,4 +1,10 @@
-"""The embedded store: one SQLite file in WAL mode, used only from a worker thread."""
+"""The embedded store: one SQLite file in WAL mode, used only from a worker thread.
+
+The response cache is one table keyed by (group, key). Expired rows are ignored on read and
+purged a bounded batch at a time on each put, so a put never pays for a large backlog; the
+group's eviction runs in the put's transaction, so a group never shows more than its
+`max_entries` live rows to a reader.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,23 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from gateway.stores.base import StoreUnavailable
+
+T = TypeVar("T")
+
+# How many expired cache rows one put deletes at most.
+_PURGE_BATCH = 100
+
+_CACHE_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS cache (grp TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, "
+    "expires REAL NOT NULL, created REAL NOT NULL, PRIMARY KEY (grp, key))",
+    # eviction walks a group newest first; `expires` is in it so that walk never reads a row
+    "CREATE INDEX IF NOT EXISTS cache_by_age ON cache (grp, created, expires)",
+    # the purge finds expired rows without scanning the table
+    "CREATE INDEX IF NOT EXISTS cache_by_expiry ON cache (expires)",
+)
 
 
 class SqliteStore:
@@ -30,35 +51,47 @@ class SqliteStore:
         if directory:
             os.makedirs(directory, exist_ok=True)
         db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("PRAGMA busy_timeout=2000")
-        db.execute("CREATE TABLE IF NOT EXISTS ejections (target TEXT PRIMARY KEY, until REAL)")
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA busy_timeout=2000")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS ejections "
+                "(target TEXT PRIMARY KEY, until REAL, since REAL)"
+            )
+            columns = {row[1] for row in db.execute("PRAGMA table_info(ejections)")}
+            if "since" not in columns:  # a file written before ejections had a time
+                db.execute("ALTER TABLE ejections ADD COLUMN since REAL DEFAULT 0")
+            for statement in _CACHE_SCHEMA:
+                db.execute(statement)
+        except BaseException:
+            db.close()
+            raise
         self._db = db
 
     async def ping(self) -> None:
         await self._run(self._ping)
 
     def _ping(self) -> None:
-        if self._db is None:
-            raise StoreUnavailable("the SQLite store is not open")
-        self._db.execute("SELECT 1").fetchone()
+        self._connection().execute("SELECT 1").fetchone()
 
     async def eject(self, target: str, seconds: float) -> None:
-        until = time.time() + seconds
+        now = time.time()
         await self._run(lambda: self._execute(
-            "INSERT INTO ejections VALUES (?, ?) ON CONFLICT(target) DO UPDATE SET "
-            "until = max(until, excluded.until)", (target, until)))  # fmt: skip
+            "INSERT INTO ejections VALUES (?, ?, ?) ON CONFLICT(target) DO UPDATE SET "
+            "until = max(until, excluded.until), since = excluded.since",
+            (target, now + seconds, now)))  # fmt: skip
 
-    async def ejections(self, targets: Sequence[str]) -> dict[str, float]:
+    async def ejections(self, targets: Sequence[str], since: float) -> dict[str, float]:
         found: dict[str, float] = {}
 
         def read() -> None:
             now = time.time()
             marks = ",".join("?" * len(targets))
             rows = self._execute(
-                f"SELECT target, until FROM ejections WHERE until > ? AND target IN ({marks})",
-                (now, *targets),
+                "SELECT target, until FROM ejections WHERE until > ? AND since >= ? "
+                f"AND target IN ({marks})",
+                (now, since, *targets),
             )
             found.update({target: until - now for target, until in rows})
 
@@ -66,10 +99,54 @@ class SqliteStore:
             await self._run(read)
         return found
 
+    async def cache_get(self, key: str, group: str) -> bytes | None:
+        def read() -> bytes | None:
+            sql = "SELECT value FROM cache WHERE grp = ? AND key = ? AND expires > ?"
+            row = self._connection().execute(sql, (group, key, time.time())).fetchone()
+            return None if row is None else bytes(row[0])
+
+        return await self._run(read)
+
+    async def cache_put(
+        self, key: str, value: bytes, ttl: float, group: str, max_entries: int
+    ) -> None:
+        def write() -> None:
+            db, now = self._connection(), time.time()
+            with db:  # commits, or rolls back on an exception
+                db.execute("BEGIN IMMEDIATE")
+                db.execute(
+                    "DELETE FROM cache WHERE rowid IN "
+                    "(SELECT rowid FROM cache WHERE expires <= ? LIMIT ?)",
+                    (now, _PURGE_BATCH),
+                )
+                db.execute(
+                    "INSERT INTO cache VALUES (?, ?, ?, ?, ?) ON CONFLICT (grp, key) DO UPDATE "
+                    "SET value = excluded.value, expires = excluded.expires, "
+                    "created = excluded.created",
+                    (group, key, value, now + ttl, now),
+                )
+                db.execute(  # keep the newest `max_entries` live rows of the group
+                    "DELETE FROM cache WHERE rowid IN (SELECT rowid FROM cache "
+                    "WHERE grp = ? AND expires > ? ORDER BY created DESC LIMIT -1 OFFSET ?)",
+                    (group, now, max(0, max_entries)),
+                )
+
+        await self._run(write)
+
+    async def cache_delete(self, key: str, group: str) -> None:
+        def delete() -> None:
+            self._connection().execute("DELETE FROM cache WHERE grp = ? AND key = ?", (group, key))
+
+        await self._run(delete)
+
     def _execute(self, sql: str, args: tuple[object, ...]) -> list[tuple[str, float]]:
+        return list(self._connection().execute(sql, args).fetchall())
+
+    def _connection(self) -> sqlite3.Connection:
         if self._db is None:
-            raise StoreUnavailable("the SQLite store is not open")
-        return list(self._db.execute(sql, args).fetchall())
+            self._open()  # opening failed at start (say, an unwritable directory): try again
+        assert self._db is not None
+        return self._db
 
     async def close(self) -> None:
         if self._db is not None:
@@ -77,9 +154,9 @@ class SqliteStore:
             self._db = None
         self._executor.shutdown(wait=False)
 
-    async def _run(self, fn: Callable[[], object]) -> None:
+    async def _run(self, fn: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._executor, fn)
+            return await loop.run_in_executor(self._executor, fn)
         except (sqlite3.Error, OSError) as e:
             raise StoreUnavailable(f"SQLite store {self._path}: {e}") from None

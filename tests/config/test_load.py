@@ -68,7 +68,7 @@ PROVIDER = "providers:\n  up: {kind: openai}\n"
         (
             "modles: {}\n" + BASE,
             "1: modles: unknown key; expected one of: version, server, "
-            "store, providers, models, clients, retries, breakers, admin",
+            "store, providers, models, clients, retries, breakers, admin, cache",
         ),
         (
             BASE + "server: {max_body_bytes: lots}\n",
@@ -241,8 +241,14 @@ def test_mock_provider_knobs_are_validated_each_at_its_key() -> None:
 def test_key_hash_written_as_a_block_is_refused_not_silently_broken() -> None:
     problems = _problems(BASE + "clients:\n  a:\n    key_sha256: |\n      " + "a" * 64 + "\n")
     assert problems == [
-        f'12: clients.a.key_sha256: expected 64 hex digits (sha256 of the key), got "{"a" * 64}\n"'
+        "12: clients.a.key_sha256: expected 64 hex digits (sha256 of the key), got 65 characters"
     ]
+
+
+def test_a_malformed_key_hash_is_never_echoed() -> None:
+    problems = _problems(BASE + "clients:\n  a: {key_sha256: sk-live-supersecretvalue123}\n")
+    assert "supersecret" not in problems[0]
+    assert problems[0].endswith("got 27 characters")
 
 
 def test_env_values_can_fill_numbers_and_flags() -> None:

@@ -130,3 +130,29 @@ def test_breaker_and_admin_settings_are_checked() -> None:
     assert any("breakers.max_reset_timeout: must be at least reset_timeout" in p for p in problems)
     assert any("breakers.fail_max: expected an integer >= 1, got 0" in p for p in problems)
     assert any("admin: the admin API needs key_sha256 or key_env" in p for p in problems)
+
+
+def test_cache_is_off_by_default_and_set_per_model_over_the_top_level() -> None:
+    policy = _parse(
+        """
+        models:
+          cached: {targets: [a/x], cache: {enabled: true, ttl: 10m}}
+          plain: {targets: [a/y]}
+          shared: {targets: [a/z], cache: {enabled: true, shared: true}}
+        """,
+        extra="cache: {max_entries: 50, max_entry_bytes: 64KiB}\n",
+    )
+    cached, plain, shared = (policy.models[n].cache for n in ("cached", "plain", "shared"))
+    assert (cached.enabled, cached.ttl, cached.max_entries, cached.shared) == (True, 600, 50, False)
+    assert cached.max_entry_bytes == 64 * 1024
+    assert plain.enabled is False and plain.max_entries == 50
+    assert shared.enabled and shared.shared
+
+
+def test_bad_cache_settings_are_refused() -> None:
+    problems = _problems(
+        "models:\n  x: {targets: [a/x], cache: {enabled: maybe, ttl: 0, size: 1}}\n"
+    )
+    assert any("models.x.cache.enabled: expected true or false" in p for p in problems)
+    assert any("models.x.cache.ttl: expected seconds" in p for p in problems)
+    assert any("models.x.cache.size: unknown key" in p for p in problems)

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from gateway.decide.caching import CacheMode, cache_mode
 from gateway.decide.keys import cache_key, fingerprint
 from gateway.model import Endpoint
 
@@ -91,3 +92,19 @@ def test_fingerprint_includes_stream_and_the_path() -> None:
     assert fingerprint("POST", path, BASE) == fingerprint("POST", path, copy.deepcopy(BASE))
     assert fingerprint("POST", path, _changed(stream=True)) != fingerprint("POST", path, BASE)
     assert fingerprint("POST", "/v1/responses", BASE) != fingerprint("POST", path, BASE)
+
+
+@pytest.mark.parametrize(
+    ("header", "lookup", "store", "label"),
+    [
+        (None, True, True, "miss"),
+        ("no-cache", False, True, "refresh"),
+        ("No-Store", True, False, "miss"),
+        ("no-cache, no-store", False, False, "bypass"),
+        ("max-age=0, no-cache", False, True, "refresh"),
+    ],
+)
+def test_cache_control_directives(
+    header: str | None, lookup: bool, store: bool, label: str
+) -> None:
+    assert cache_mode(header) == CacheMode(lookup, store, label)

@@ -26,6 +26,7 @@ def gw(gateways: Gateways) -> Gateway:
         _provider("other", ""),
         _provider("broke", "status=429;error_code=insufficient_quota"),
         _provider("midcut", "cut_after=2;chunks=10"),
+        _provider("sluggish", "delay=2"),
     ])  # fmt: skip
     return gateways.start(f"""
 version: 1
@@ -47,6 +48,7 @@ models:
     fallback_on: [content_filter]
   broke: {{targets: [broke/mock-gpt]}}
   midcut: {{targets: [midcut/mock-gpt, other/mock-gpt]}}
+  sluggish: {{targets: [sluggish/mock-gpt]}}
 """)
 
 
@@ -121,3 +123,16 @@ def test_streams_broken_after_they_started_open_the_breaker(
     r = _chat(gw, "midcut")
     assert r.headers["x-savepoint-target"] == "other/mock-gpt"
     assert _count(gateways, "midcut") == before
+
+
+def test_an_impatient_client_does_not_open_the_breaker_for_everyone(gw: Gateway) -> None:
+    """The SDK's 0.5 s timeout cuts the wait for the first token short: the gateway answers
+    before the SDK gives up, and that is the client's deadline, not the provider's fault."""
+    client = gw.client(timeout=0.5)
+    for _ in range(4):  # more than fail_max
+        with pytest.raises(openai.APIStatusError) as caught:
+            list(client.chat.completions.create(model="sluggish", messages=USER, stream=True))  # type: ignore[arg-type]
+        assert caught.value.status_code == 504
+    rows = {r["target"]: r for r in httpx.get(f"{gw.url}/admin/breakers").json()["breakers"]}
+    assert rows["sluggish/mock-gpt"]["state"] == "closed"
+    assert rows["sluggish/mock-gpt"]["failures"] == 0

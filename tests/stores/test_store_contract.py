@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
+import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
+import redis
+import redis.asyncio
 from harness import Gateways, free_port
 
 from gateway.stores.base import Store, StoreUnavailable
 from gateway.stores.redis import RedisStore
 from gateway.stores.sqlite import SqliteStore
+
+T = TypeVar("T")
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -27,7 +34,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
 
 @pytest.fixture
 def own_redis() -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
-    """A redis-server of our own, so stopping it does not disturb anything else."""
+    """A redis-server of our own (password `hunter2`), so stopping it disturbs nothing else."""
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -40,6 +47,8 @@ def own_redis() -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
             "",
             "--appendonly",
             "no",
+            "--requirepass",
+            "hunter2",
         ],
         stdout=subprocess.DEVNULL,
     )
@@ -135,13 +144,14 @@ def test_ejections_are_shared_and_expire(store: Store) -> None:
     async def run() -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
         await store.open()
         try:
-            assert await store.ejections([target]) == {}
+            start = time.time()
+            assert await store.ejections([target], start) == {}
             await store.eject(target, 0.3)
-            live = await store.ejections([target, "never/ejected"])
+            live = await store.ejections([target, "never/ejected"], start)
             await store.eject(target, 0.1)  # a shorter ejection does not cut a longer one
-            still = await store.ejections([target])
+            still = await store.ejections([target], start)
             await asyncio.sleep(0.35)
-            return live, still, await store.ejections([target])
+            return live, still, await store.ejections([target], start)
         finally:
             await store.close()
 
@@ -149,3 +159,257 @@ def test_ejections_are_shared_and_expire(store: Store) -> None:
     assert list(live) == [target] and 0.2 < live[target] <= 0.3
     assert 0.15 < still[target] <= 0.3
     assert expired == {}
+
+
+# The response cache. Groups are unique per test, so runs against the shared Redis never meet.
+
+
+def unique_group() -> str:
+    return f"contract-{os.getpid()}-{time.monotonic_ns()}"
+
+
+def cache_key(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
+def with_open(store: Store, body: Callable[[Store], Awaitable[T]]) -> T:
+    async def run() -> T:
+        await store.open()
+        try:
+            return await body(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def test_cache_round_trips_binary_values_and_misses_are_none(store: Store) -> None:
+    group, binary = unique_group(), bytes(range(256)) + b"\x00\xff\xfe\x80 not utf-8 \xc3\x28"
+
+    async def body(s: Store) -> None:
+        await s.cache_put(cache_key("binary"), binary, 60, group, 10)
+        await s.cache_put(cache_key("empty"), b"", 60, group, 10)
+        assert await s.cache_get(cache_key("binary"), group) == binary
+        assert await s.cache_get(cache_key("empty"), group) == b""
+        assert await s.cache_get(cache_key("never put"), group) is None
+
+    with_open(store, body)
+
+
+def test_cache_round_trips_a_one_mib_value(store: Store) -> None:
+    group, big = unique_group(), os.urandom(1 << 20)
+
+    async def body(s: Store) -> None:
+        await s.cache_put(cache_key("big"), big, 60, group, 10)
+        assert await s.cache_get(cache_key("big"), group) == big
+
+    with_open(store, body)
+
+
+def test_cache_entry_expires_after_its_ttl(store: Store) -> None:
+    group, key = unique_group(), cache_key("short")
+
+    async def body(s: Store) -> None:
+        await s.cache_put(key, b"soon gone", 0.2, group, 10)
+        assert await s.cache_get(key, group) == b"soon gone"
+        await asyncio.sleep(0.3)
+        assert await s.cache_get(key, group) is None
+
+    with_open(store, body)
+
+
+def test_cache_put_of_an_existing_key_replaces_it_and_restarts_its_ttl(store: Store) -> None:
+    group, key = unique_group(), cache_key("replaced")
+
+    async def body(s: Store) -> None:
+        await s.cache_put(key, b"first", 0.4, group, 10)
+        await asyncio.sleep(0.25)
+        await s.cache_put(key, b"second", 0.4, group, 10)
+        assert await s.cache_get(key, group) == b"second"
+        await asyncio.sleep(0.25)  # the first put's TTL has run out, the second's has not
+        assert await s.cache_get(key, group) == b"second"
+
+    with_open(store, body)
+
+
+def test_cache_eviction_keeps_the_newest_entries_of_the_group_only(store: Store) -> None:
+    group, other = unique_group(), unique_group()
+    keys = [cache_key(f"entry {i}") for i in range(5)]
+
+    async def body(s: Store) -> list[bytes | None]:
+        await s.cache_put(keys[0], b"other 0", 60, other, 3)
+        await s.cache_put(keys[1], b"other 1", 60, other, 3)
+        for i, key in enumerate(keys):
+            await s.cache_put(key, f"value {i}".encode(), 60, group, 3)
+        values = [await s.cache_get(key, group) for key in keys]
+        return [*values, await s.cache_get(keys[0], other), await s.cache_get(keys[1], other)]
+
+    values = with_open(store, body)
+    assert values == [None, None, b"value 2", b"value 3", b"value 4", b"other 0", b"other 1"]
+
+
+def test_cache_put_of_an_existing_key_makes_it_the_newest(store: Store) -> None:
+    group = unique_group()
+    a, b, c, d = (cache_key(name) for name in "abcd")
+
+    async def body(s: Store) -> list[bytes | None]:
+        for key in (a, b, c):
+            await s.cache_put(key, key[:4].encode(), 60, group, 3)
+        await s.cache_put(a, b"a again", 60, group, 3)
+        await s.cache_put(d, b"d", 60, group, 3)  # evicts b, now the oldest
+        return [await s.cache_get(key, group) for key in (a, b, c, d)]
+
+    assert with_open(store, body) == [b"a again", None, c[:4].encode(), b"d"]
+
+
+def test_cache_delete_forgets_the_entry_and_frees_its_place(store: Store) -> None:
+    group = unique_group()
+    a, b, c = (cache_key(name) for name in "abc")
+
+    async def body(s: Store) -> list[bytes | None]:
+        await s.cache_put(a, b"a", 60, group, 2)
+        await s.cache_put(b, b"b", 60, group, 2)
+        await s.cache_delete(b, group)
+        await s.cache_delete(cache_key("never put"), group)
+        deleted = await s.cache_get(b, group)
+        await s.cache_put(c, b"c", 60, group, 2)  # room for c without evicting a
+        return [deleted, await s.cache_get(a, group), await s.cache_get(c, group)]
+
+    assert with_open(store, body) == [None, b"a", b"c"]
+
+
+def test_cache_groups_do_not_see_each_others_keys(store: Store) -> None:
+    one, two, key = unique_group(), unique_group(), cache_key("shared name")
+
+    async def body(s: Store) -> list[bytes | None]:
+        await s.cache_put(key, b"in one", 60, one, 10)
+        unseen = await s.cache_get(key, two)
+        await s.cache_put(key, b"in two", 60, two, 10)
+        both = [await s.cache_get(key, one), await s.cache_get(key, two)]
+        await s.cache_delete(key, two)
+        return [unseen, *both, await s.cache_get(key, one), await s.cache_get(key, two)]
+
+    assert with_open(store, body) == [None, b"in one", b"in two", b"in one", None]
+
+
+def test_sqlite_cache_purges_expired_rows_on_put(tmp_path: Path) -> None:
+    path = tmp_path / "sp.db"
+    group = unique_group()
+
+    async def body(s: Store) -> None:
+        for i in range(20):
+            await s.cache_put(cache_key(f"old {i}"), b"x", 0.05, group, 100)
+        await asyncio.sleep(0.1)
+        await s.cache_put(cache_key("new"), b"y", 60, "another group", 100)
+
+    with_open(SqliteStore(str(path)), body)
+    rows = sqlite3.connect(path).execute("SELECT grp, value FROM cache").fetchall()
+    assert rows == [("another group", b"y")]
+
+
+def test_redis_cache_index_stays_bounded_and_expires() -> None:
+    group = unique_group()
+
+    async def body(s: Store) -> None:
+        await s.cache_put(cache_key("longer"), b"x", 90, group, 2)
+        for i in range(5):
+            await s.cache_put(cache_key(f"entry {i}"), b"x", 30, group, 2)
+
+    with_open(RedisStore("redis://127.0.0.1:6379/0"), body)
+    client = redis.Redis(host="127.0.0.1", port=6379)
+    index = f"sp:{{cache:{group}}}:index"
+    members = client.zrange(index, 0, -1)
+    ttl = client.pttl(index)
+    client.close()
+    assert members == [
+        f"sp:{{cache:{group}}}:{cache_key('entry 3')}".encode(),
+        f"sp:{{cache:{group}}}:{cache_key('entry 4')}".encode(),
+    ]
+    assert 85_000 < ttl <= 90_000  # the longest TTL put into the group, not the last one
+
+
+def test_redis_cache_put_reloads_its_script_into_a_server_that_lost_it(
+    own_redis: tuple[int, subprocess.Popen[bytes]],
+) -> None:
+    port, _ = own_redis
+    group, key = unique_group(), cache_key("k")
+
+    async def body(s: Store) -> bytes | None:
+        await s.cache_put(key, b"before", 60, group, 10)
+        client = redis.asyncio.Redis(host="127.0.0.1", port=port, password="hunter2")
+        await client.script_flush()  # as after a restart or a failover
+        await client.aclose()
+        await s.cache_put(key, b"after", 60, group, 10)
+        return await s.cache_get(key, group)
+
+    assert with_open(RedisStore(f"redis://:hunter2@127.0.0.1:{port}/0"), body) == b"after"
+
+
+def test_redis_cache_outage_is_store_unavailable_and_the_password_is_never_shown(
+    own_redis: tuple[int, subprocess.Popen[bytes]],
+) -> None:
+    port, proc = own_redis
+    group, key = unique_group(), cache_key("k")
+
+    async def body(s: Store) -> tuple[bytes | None, list[str]]:
+        await s.cache_put(key, b"before", 60, group, 10)
+        before = await s.cache_get(key, group)
+        proc.terminate()
+        proc.wait(10)
+        errors = []
+        for operation in (
+            s.cache_get(key, group),
+            s.cache_put(key, b"during", 60, group, 10),
+            s.cache_delete(key, group),
+        ):
+            try:
+                await operation
+                errors.append("no error")
+            except StoreUnavailable as e:
+                errors.append(str(e))
+        return before, errors
+
+    before, errors = with_open(RedisStore(f"redis://:hunter2@127.0.0.1:{port}/0"), body)
+    assert before == b"before"
+    assert len(errors) == 3
+    for error in errors:
+        assert error.startswith(f"Redis at redis://***@127.0.0.1:{port}/0: ")
+        assert "hunter2" not in error
+
+
+def test_ejections_published_before_a_replica_started_are_not_its_business(store: Store) -> None:
+    target = f"old-{os.getpid()}-{time.monotonic_ns()}/m"
+
+    async def run() -> tuple[dict[str, float], dict[str, float]]:
+        await store.open()
+        try:
+            await store.eject(target, 30)
+            later = time.time() + 1
+            return await store.ejections([target], later), await store.ejections([target], 0)
+        finally:
+            await store.close()
+
+    after_start, before_start = asyncio.run(run())
+    assert after_start == {}
+    assert 29 < before_start[target] <= 30
+
+
+def test_an_unusable_sqlite_path_is_unavailable_not_fatal_and_recovers(tmp_path: Path) -> None:
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the store wants a directory")
+    store = SqliteStore(str(blocked / "sp.db"))
+
+    async def run() -> tuple[str, bytes | None]:
+        try:
+            await store.open()
+        except StoreUnavailable as e:
+            failure = str(e)
+        blocked.unlink()  # the operator fixes it; the store opens on next use
+        await store.cache_put("k" * 64, b"v", 60, "g", 10)
+        value = await store.cache_get("k" * 64, "g")
+        await store.close()
+        return failure, value
+
+    failure, value = asyncio.run(run())
+    assert failure.startswith("SQLite store")
+    assert value == b"v"
