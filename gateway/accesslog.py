@@ -91,6 +91,8 @@ def line(trace: Trace, now: float) -> bytes:
         record["fallback"] = trace.fallback
     if trace.cache is not None:
         record["cache"] = trace.cache
+    if trace.run is not None:
+        record["run"] = trace.run
     if trace.saved is not None:
         record["saved_tokens"] = trace.saved.total_tokens
     if trace.usage is not None:

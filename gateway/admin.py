@@ -1,6 +1,8 @@
 """The admin API: what the gateway knows about its deployments.
 
-    GET /admin/breakers    every deployment's breaker state, cooldown and load
+    GET /admin/breakers       every deployment's breaker state, cooldown and load
+    GET /admin/runs/{run}     a durable run's steps (?client=NAME; default anonymous)
+    DELETE /admin/runs/{run}  drop a run's journal
 
 Guarded by the admin key (`admin:` in the policy). Without one, the admin API answers only
 when authentication is off altogether (a gateway on loopback with no clients); otherwise it
@@ -12,15 +14,18 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.decide.auth import authenticate
-from gateway.errors import AdminNotConfigured
-from gateway.model import Principal
-from gateway.server import HEALTH, POLICY, TRACE, request_key
+from gateway.errors import AdminNotConfigured, RunNotFound, StoreUnavailableError
+from gateway.model import ANONYMOUS, Principal
+from gateway.server import HEALTH, POLICY, RUNS, TRACE, request_key
+from gateway.stages.runs import run_key
 
 ADMIN = Principal("admin", frozenset())
 
 
 def add_admin_routes(app: web.Application) -> None:
     app.router.add_get("/admin/breakers", breakers)
+    app.router.add_get("/admin/runs/{run}", run_steps)
+    app.router.add_delete("/admin/runs/{run}", drop_run)
 
 
 def _check_admin(request: web.Request) -> None:
@@ -40,3 +45,28 @@ def _check_admin(request: web.Request) -> None:
 async def breakers(request: web.Request) -> web.Response:
     _check_admin(request)
     return web.json_response({"breakers": request.app[HEALTH].snapshot()})
+
+
+def _run(request: web.Request) -> str:
+    """The run of `?client=` (default: `anonymous`, the only client when auth is off)."""
+    return run_key(request.query.get("client", ANONYMOUS.name), request.match_info["run"])
+
+
+async def run_steps(request: web.Request) -> web.Response:
+    """A durable run's steps: time, model, tokens, replayed or live."""
+    _check_admin(request)
+    steps = await request.app[RUNS].steps(_run(request))
+    if steps is None:
+        raise StoreUnavailableError("the store is unavailable; try again")
+    if not steps:
+        raise RunNotFound(f"no run `{request.match_info['run']}` for client "
+                          f"`{request.query.get('client', ANONYMOUS.name)}`")  # fmt: skip
+    return web.json_response({"run": request.match_info["run"], "steps": steps})
+
+
+async def drop_run(request: web.Request) -> web.Response:
+    _check_admin(request)
+    dropped = await request.app[RUNS].drop(_run(request))
+    if dropped is None:
+        raise StoreUnavailableError("the store is unavailable; try again")
+    return web.json_response({"run": request.match_info["run"], "dropped_steps": dropped})

@@ -31,12 +31,14 @@ from gateway.server import (
     HEALTH,
     PIPELINE,
     POLICY,
+    RUNS,
     STARTED_AT,
     STORE,
     add_routes,
 )
 from gateway.stages.cache import ResponseCache
 from gateway.stages.dispatch import Dispatcher
+from gateway.stages.runs import RunJournal
 from gateway.stores.base import Store, StoreUnavailable
 from gateway.stores.redis import RedisStore
 from gateway.stores.sqlite import SqliteStore
@@ -58,10 +60,13 @@ def build_app(policy: Policy, log_stream: TextIO | None = None) -> web.Applicati
     health = Health(policy.breakers, access_log.event, on_open=ejections.opened)
     app[HEALTH] = health
     cache = ResponseCache(store, access_log.event)
-    app[PIPELINE] = Pipeline(policy, cache, Dispatcher(providers, health, drain), drain)
+    runs = RunJournal(store, access_log.event, policy.runs.retention)
+    app[RUNS] = runs
+    dispatcher = Dispatcher(providers, health, drain)
+    app[PIPELINE] = Pipeline(policy, runs, cache, dispatcher, drain)
     app.cleanup_ctx.append(_opened(access_log))
     app.cleanup_ctx.append(_opened_store(store, access_log.event))
-    app.cleanup_ctx.append(_flushed_cache(cache))
+    app.cleanup_ctx.append(_flushed(cache, runs))
     app.cleanup_ctx.append(_sharing_ejections(ejections, health))
     for name, spec in policy.providers.items():
         app.cleanup_ctx.append(_started_provider(spec, providers[name]))
@@ -99,10 +104,13 @@ def _opened_store(
     return ctx
 
 
-def _flushed_cache(cache: ResponseCache) -> Callable[[web.Application], AsyncIterator[None]]:
+def _flushed(
+    cache: ResponseCache, runs: RunJournal
+) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         yield
-        await cache.close()  # before the store closes (contexts unwind in reverse)
+        await cache.close()  # pending writes, before the store closes (contexts unwind in
+        await runs.close()  # reverse order)
 
     return ctx
 

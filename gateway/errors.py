@@ -8,6 +8,7 @@
     │   ├── AdminNotConfigured        403  the admin API has no key and auth is on
     │   ├── ModelNotFound             404  no such model in the policy
     │   ├── RouteNotFound             404  no such URL
+    │   ├── RunNotFound               404  no journal for that run (admin API)
     │   ├── MethodNotAllowed          405
     │   ├── PayloadTooLarge           413  body over server.max_body_bytes
     │   └── UnsupportedMediaType      415  body is not application/json
@@ -16,7 +17,8 @@
     │   ├── UpstreamBadResponse       502  malformed JSON, a stream cut or truncated
     │   ├── UpstreamTimeout           504  connect, first byte, idle gap or total deadline
     │   └── NoHealthyTarget           503  every deployment of the route is benched
-    └── GatewayUnavailable            503  draining for shutdown
+    ├── GatewayUnavailable            503  draining for shutdown
+    └── StoreUnavailableError         503  the admin API needs the store, which is down
 
 Statuses, OpenAI error types and default codes live in `_TABLE` and nowhere else. Bodies
 always carry the four keys OpenAI's schema requires (`message`, `type`, `param`, `code`).
@@ -75,6 +77,10 @@ class RouteNotFound(RequestError):
     pass
 
 
+class RunNotFound(RequestError):
+    pass
+
+
 class MethodNotAllowed(RequestError):
     pass
 
@@ -111,6 +117,10 @@ class GatewayUnavailable(SavepointError):
     pass
 
 
+class StoreUnavailableError(SavepointError):
+    pass
+
+
 @dataclass(frozen=True, slots=True)
 class HttpShape:
     status: int
@@ -125,6 +135,7 @@ _TABLE: dict[type[SavepointError], HttpShape] = {
     AdminNotConfigured: HttpShape(403, "invalid_request_error", "admin_not_configured"),
     ModelNotFound: HttpShape(404, "invalid_request_error", "model_not_found"),
     RouteNotFound: HttpShape(404, "invalid_request_error", "unknown_url"),
+    RunNotFound: HttpShape(404, "invalid_request_error", "run_not_found"),
     MethodNotAllowed: HttpShape(405, "invalid_request_error", "method_not_allowed"),
     PayloadTooLarge: HttpShape(413, "invalid_request_error", "payload_too_large"),
     UnsupportedMediaType: HttpShape(415, "invalid_request_error", "unsupported_media_type"),
@@ -134,6 +145,7 @@ _TABLE: dict[type[SavepointError], HttpShape] = {
     UpstreamTimeout: HttpShape(504, "server_error", "upstream_timeout"),
     NoHealthyTarget: HttpShape(503, "server_error", "no_healthy_target"),
     GatewayUnavailable: HttpShape(503, "server_error", "shutting_down"),
+    StoreUnavailableError: HttpShape(503, "server_error", "store_unavailable"),
 }
 
 

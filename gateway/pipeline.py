@@ -1,6 +1,7 @@
 """The fixed order of stages every generation request goes through.
 
-    authenticate -> parse -> resolve policy -> [admit] -> [idempotency] -> cache -> dispatch
+    authenticate -> parse -> resolve policy -> [admit] -> [idempotency] -> run journal
+        -> response cache -> dispatch
 
 Stages in brackets arrive with later issues (limits and budgets; the store, cache and replay);
 they slot in at the marked lines. A stage ends a request early by raising a
@@ -23,7 +24,9 @@ from gateway.errors import GatewayUnavailable
 from gateway.lifecycle import SHUTDOWN, Drain
 from gateway.model import Endpoint, Principal, Trace
 from gateway.stages.cache import ResponseCache
+from gateway.stages.capture import Capture
 from gateway.stages.dispatch import Dispatcher
+from gateway.stages.runs import RunJournal
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,12 +37,25 @@ class Inbound:
     api_key: str | None
     read_timeout: str | None
     cache_control: str | None
+    run: str | None  # X-Savepoint-Run
+    attempt: str | None  # X-Savepoint-Attempt
     read_body: Callable[[], Awaitable[bytes]]
 
 
+_KEEP_LIMIT = 8 * 1024 * 1024  # the largest answer the journal or the cache will keep
+
+
 class Pipeline:
-    def __init__(self, policy: Policy, cache: ResponseCache, dispatcher: Dispatcher, drain: Drain):
+    def __init__(
+        self,
+        policy: Policy,
+        runs: RunJournal,
+        cache: ResponseCache,
+        dispatcher: Dispatcher,
+        drain: Drain,
+    ):
         self._policy = policy
+        self._runs = runs
         self._cache = cache
         self._dispatcher = dispatcher
         self._drain = drain
@@ -64,13 +80,23 @@ class Pipeline:
             spec = resolve_model(self._policy, principal, call.model)
             # admit: rate limits, budgets, loop guard (issue 5)
             # idempotency / run journal (issue 4)
-            plan = self._cache.plan(spec, principal, call, inbound.cache_control)
-            if plan is not None and await self._cache.answer(plan, call, trace, downstream):
+            step = await self._runs.step(principal, spec, call, inbound.run, inbound.attempt)
+            if step is not None and await self._runs.replay(step, call, trace, downstream):
                 return
-            capture = self._cache.capture(plan)
+            plan = self._cache.plan(spec, principal, call, inbound.cache_control)
+            hit = await self._cache.answer(plan, call, trace, downstream) if plan else None
+            if hit is not None:
+                if step is not None:  # a run's step answered from the cache is still its step
+                    self._runs.keep(step, hit)
+                return
+            capture = Capture(_KEEP_LIMIT) if step is not None or plan is not None else None
             await self._dispatcher.dispatch(spec, call, raw, trace, downstream, capture)
-            if plan is not None and capture is not None:
-                self._cache.keep(plan, call, capture)
+            body = capture.answer(call.endpoint) if capture is not None else None
+            if body is not None:  # complete and successful: worth keeping
+                if plan is not None:
+                    self._cache.keep(plan, body)
+                if step is not None:
+                    self._runs.keep(step, body)
         except asyncio.CancelledError:
             if not self._drain.expired or downstream.committed:
                 raise

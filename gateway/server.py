@@ -37,6 +37,7 @@ from gateway.errors import (
 from gateway.lifecycle import Drain
 from gateway.model import Endpoint, Principal, Trace
 from gateway.pipeline import Inbound, Pipeline
+from gateway.stages.runs import RunJournal
 from gateway.stores.base import Store, StoreUnavailable
 
 log = logging.getLogger("savepoint")
@@ -48,6 +49,7 @@ ACCESS_LOG = web.AppKey("access_log", AccessLog)
 STORE = web.AppKey("store", Store)
 STARTED_AT = web.AppKey("started_at", int)
 HEALTH = web.AppKey("health", Health)
+RUNS = web.AppKey("runs", RunJournal)
 TRACE = web.RequestKey("trace", Trace)
 
 _PROBES = frozenset(("/healthz", "/readyz"))
@@ -144,6 +146,8 @@ async def generation(endpoint: Endpoint, request: web.Request) -> web.StreamResp
         ),
         read_timeout=request.headers.get("x-stainless-read-timeout"),
         cache_control=request.headers.get("Cache-Control"),
+        run=request.headers.get("X-Savepoint-Run"),
+        attempt=request.headers.get("X-Savepoint-Attempt"),
         read_body=partial(_read_body, request),
     )
     trace = request[TRACE]

@@ -24,6 +24,7 @@ from gateway.config.schema import (
     Policy,
     ProviderSpec,
     RetrySpec,
+    RunsSpec,
     Secret,
     ServerSpec,
     StoreSpec,
@@ -33,7 +34,7 @@ from gateway.config.schema import (
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _TOP_KEYS = (
     "version", "server", "store", "providers", "models", "clients", "retries", "breakers",
-    "admin", "cache",
+    "admin", "cache", "runs",
 )  # fmt: skip
 _DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
 
@@ -114,6 +115,7 @@ def _policy(ctx: fields.Problems, data: Any, source: str) -> Policy | None:
         unavailable,
         disabled,
         breakers=_breakers(ctx, top.get("breakers")),
+        runs=_runs(ctx, top.get("runs")),
         admin_key_hashes=_admin(ctx, top.get("admin")),
     )
 
@@ -299,6 +301,12 @@ def _admin(ctx: fields.Problems, value: Any) -> frozenset[str]:
     path: Path = ("admin",)
     return frozenset(_key_hashes(ctx, fields.mapping(ctx, value, path, ("key_sha256", "key_env")),
                                  path, "the admin API"))  # fmt: skip
+
+
+def _runs(ctx: fields.Problems, value: Any) -> RunsSpec:
+    path: Path = ("runs",)
+    m = fields.mapping(ctx, value, path, ("retention",))
+    return RunsSpec(retention=fields.seconds(ctx, m, "retention", path, RunsSpec().retention))
 
 
 def _breakers(ctx: fields.Problems, value: Any) -> BreakerSpec:

@@ -121,6 +121,14 @@ class CacheSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class RunsSpec:
+    """Durable agent runs (`X-Savepoint-Run`): how long a run's journal is kept after its
+    last step."""
+
+    retention: float = 24 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
 class BreakerSpec:
     """One circuit breaker per deployment (pybreaker): `fail_max` consecutive provider
     failures open it; after `reset_timeout` one probe at a time may pass; each consecutive
@@ -183,6 +191,7 @@ class Policy:
     unavailable: Mapping[str, str] = field(default_factory=dict)
     disabled_providers: Mapping[str, str] = field(default_factory=dict)
     breakers: BreakerSpec = BreakerSpec()
+    runs: RunsSpec = RunsSpec()
     admin_key_hashes: frozenset[str] = frozenset()  # empty: admin API open only with auth off
 
     @property

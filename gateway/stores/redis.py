@@ -7,6 +7,13 @@ touches together live in one Redis Cluster slot:
 - `sp:{cache:<group>}:<key>`: a cached value (bytes), with its TTL.
 - `sp:{cache:<group>}:index`: the group's sorted set of value key names, scored by put time
   (server clock, microseconds), which eviction trims to `max_entries`.
+- `sp:{run:<run>}:step:<step>`: a journal answer (bytes).
+- `sp:{run:<run>}:steps`: the list of the run's step metas, in put order.
+- `sp:{run:<run>}:stepkeys`: the set of the run's answer key names, so that a put can refresh
+  them all and a drop can delete them.
+- `sp:{run:<run>}:counters`: the hash of the run's counters.
+
+All of a run's keys share its deadline: a put sets the same TTL on every one of them.
 """
 
 from __future__ import annotations
@@ -60,6 +67,33 @@ if left < ttl then
 end
 """
 
+# KEYS[1] answer key, KEYS[2] steps list, KEYS[3] step keys set, KEYS[4] counters hash;
+# ARGV value, meta, ttl (ms). Every key of the run gets the TTL, so they expire together; the
+# answer keys are not in KEYS, which Redis Cluster tolerates as they share the run's hash tag.
+_JOURNAL_PUT = """
+local ttl = ARGV[3]
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+redis.call('RPUSH', KEYS[2], ARGV[2])
+redis.call('SADD', KEYS[3], KEYS[1])
+for _, name in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+  redis.call('PEXPIRE', name, ttl)
+end
+redis.call('PEXPIRE', KEYS[2], ttl)
+redis.call('PEXPIRE', KEYS[3], ttl)
+redis.call('PEXPIRE', KEYS[4], ttl)
+"""
+
+# KEYS[1] step keys set, then the run's other keys; returns how many answers existed.
+_JOURNAL_DROP = """
+local names = redis.call('SMEMBERS', KEYS[1])
+local dropped = 0
+for i = 1, #names, 1000 do  -- DEL in slices: unpack() has a stack limit
+  dropped = dropped + redis.call('DEL', unpack(names, i, math.min(i + 999, #names)))
+end
+redis.call('DEL', unpack(KEYS))
+return dropped
+"""
+
 
 class RedisStore:
     def __init__(self, url: str):
@@ -67,6 +101,8 @@ class RedisStore:
         self._client: aioredis.Redis | None = None
         self._cache_put: AsyncScript | None = None
         self._eject: AsyncScript | None = None
+        self._journal_put: AsyncScript | None = None
+        self._journal_drop: AsyncScript | None = None
 
     def describe(self) -> str:
         return f"redis {_without_password(self._url)}"
@@ -78,6 +114,8 @@ class RedisStore:
         # EVALSHA, loading the script on the first NOSCRIPT (a new or restarted server)
         self._cache_put = self._client.register_script(_CACHE_PUT)
         self._eject = self._client.register_script(_EJECT)
+        self._journal_put = self._client.register_script(_JOURNAL_PUT)
+        self._journal_drop = self._client.register_script(_JOURNAL_DROP)
 
     async def ping(self) -> None:
         client = self._open_client()
@@ -135,6 +173,47 @@ class RedisStore:
                 pipe.zrem(_cache_index(group), name)  # frees its place in the group
                 await pipe.execute()
 
+    async def journal_get(self, run: str, step: str) -> bytes | None:
+        client = self._open_client()
+        with self._translated():
+            value = await client.get(_run_key(run, f"step:{step}"))
+        assert value is None or isinstance(value, bytes)
+        return value
+
+    async def journal_put(self, run: str, step: str, value: bytes, meta: bytes, ttl: float) -> None:
+        script = self._open_script(self._journal_put)
+        keys = [_run_key(run, f"step:{step}"), *_run_keys(run)]
+        with self._translated():
+            await script(keys=keys, args=[value, meta, max(1, int(ttl * 1000))])
+
+    async def journal_steps(self, run: str) -> list[bytes]:
+        client = self._open_client()
+        with self._translated():
+            metas = await client.lrange(_run_key(run, "steps"), 0, -1)
+        return [meta for meta in metas if isinstance(meta, bytes)]  # the client does not decode
+
+    async def journal_count(self, run: str, counter: str, ttl: float) -> int:
+        client = self._open_client()
+        name = _run_key(run, "counters")
+        with self._translated():
+            async with client.pipeline(transaction=True) as pipe:  # one round trip
+                pipe.hincrby(name, counter, 1)
+                pipe.pexpire(name, max(1, int(ttl * 1000)))
+                count, _ = await pipe.execute()
+        return int(count)
+
+    async def journal_drop(self, run: str) -> int:
+        script = self._open_script(self._journal_drop)
+        steps, stepkeys, counters = _run_keys(run)
+        with self._translated():
+            dropped = await script(keys=[stepkeys, steps, counters])
+        return int(dropped)
+
+    def _open_script(self, script: AsyncScript | None) -> AsyncScript:
+        if script is None:
+            raise StoreUnavailable("the Redis store is not open")
+        return script
+
     def _open_client(self) -> aioredis.Redis:
         if self._client is None:
             raise StoreUnavailable("the Redis store is not open")
@@ -152,6 +231,9 @@ class RedisStore:
             await self._client.aclose()
             self._client = None
             self._cache_put = None
+            self._eject = None
+            self._journal_put = None
+            self._journal_drop = None
 
 
 def _ejection_key(target: str) -> str:
@@ -168,6 +250,16 @@ def _cache_key(group: str, key: str) -> str:
 
 def _cache_index(group: str) -> str:
     return f"sp:{{cache:{group}}}:index"
+
+
+def _run_key(run: str, suffix: str) -> str:
+    # Run ids are `[A-Za-z0-9_.:-]`: never a `}` that would end the hash tag early.
+    return f"sp:{{run:{run}}}:{suffix}"
+
+
+def _run_keys(run: str) -> tuple[str, str, str]:
+    """The run's steps list, step keys set and counters hash."""
+    return _run_key(run, "steps"), _run_key(run, "stepkeys"), _run_key(run, "counters")
 
 
 def _without_password(url: str) -> str:

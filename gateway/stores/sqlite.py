@@ -4,6 +4,12 @@ The response cache is one table keyed by (group, key). Expired rows are ignored 
 purged a bounded batch at a time on each put, so a put never pays for a large backlog; the
 group's eviction runs in the put's transaction, so a group never shows more than its
 `max_entries` live rows to a reader.
+
+The run journal is three tables: `journal` (answers by run and step), `journal_steps` (metas,
+ordered by an AUTOINCREMENT sequence) and `journal_counters`. Every row carries its run's
+`expires`; a put sets it on all the run's rows in its transaction, after deleting the run's
+already expired rows so that a refresh never brings them back. Expired rows are ignored on read
+and purged a bounded batch per table on each put.
 """
 
 from __future__ import annotations
@@ -31,6 +37,20 @@ _CACHE_SCHEMA = (
     # the purge finds expired rows without scanning the table
     "CREATE INDEX IF NOT EXISTS cache_by_expiry ON cache (expires)",
 )
+
+_JOURNAL_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS journal (run TEXT NOT NULL, step TEXT NOT NULL, "
+    "value BLOB NOT NULL, expires REAL NOT NULL, PRIMARY KEY (run, step))",
+    "CREATE INDEX IF NOT EXISTS journal_by_expiry ON journal (expires)",
+    "CREATE TABLE IF NOT EXISTS journal_steps (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+    "run TEXT NOT NULL, meta BLOB NOT NULL, expires REAL NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS journal_steps_by_run ON journal_steps (run, seq)",
+    "CREATE INDEX IF NOT EXISTS journal_steps_by_expiry ON journal_steps (expires)",
+    "CREATE TABLE IF NOT EXISTS journal_counters (run TEXT NOT NULL, counter TEXT NOT NULL, "
+    "n INTEGER NOT NULL, expires REAL NOT NULL, PRIMARY KEY (run, counter))",
+    "CREATE INDEX IF NOT EXISTS journal_counters_by_expiry ON journal_counters (expires)",
+)
+_JOURNAL_TABLES = ("journal", "journal_steps", "journal_counters")
 
 
 class SqliteStore:
@@ -62,7 +82,7 @@ class SqliteStore:
             columns = {row[1] for row in db.execute("PRAGMA table_info(ejections)")}
             if "since" not in columns:  # a file written before ejections had a time
                 db.execute("ALTER TABLE ejections ADD COLUMN since REAL DEFAULT 0")
-            for statement in _CACHE_SCHEMA:
+            for statement in (*_CACHE_SCHEMA, *_JOURNAL_SCHEMA):
                 db.execute(statement)
         except BaseException:
             db.close()
@@ -138,6 +158,85 @@ class SqliteStore:
             self._connection().execute("DELETE FROM cache WHERE grp = ? AND key = ?", (group, key))
 
         await self._run(delete)
+
+    async def journal_get(self, run: str, step: str) -> bytes | None:
+        def read() -> bytes | None:
+            sql = "SELECT value FROM journal WHERE run = ? AND step = ? AND expires > ?"
+            row = self._connection().execute(sql, (run, step, time.time())).fetchone()
+            return None if row is None else bytes(row[0])
+
+        return await self._run(read)
+
+    async def journal_put(self, run: str, step: str, value: bytes, meta: bytes, ttl: float) -> None:
+        def write() -> None:
+            db, now = self._connection(), time.time()
+            expires = now + ttl
+            with db:  # commits, or rolls back on an exception
+                db.execute("BEGIN IMMEDIATE")
+                for table in _JOURNAL_TABLES:
+                    db.execute(
+                        f"DELETE FROM {table} WHERE rowid IN "
+                        f"(SELECT rowid FROM {table} WHERE expires <= ? LIMIT ?)",
+                        (now, _PURGE_BATCH),
+                    )
+                    # this run's expired rows go now, whatever the batch left: the refresh
+                    # below must not revive them
+                    db.execute(f"DELETE FROM {table} WHERE run = ? AND expires <= ?", (run, now))
+                db.execute(
+                    "INSERT INTO journal VALUES (?, ?, ?, ?) ON CONFLICT (run, step) "
+                    "DO UPDATE SET value = excluded.value",
+                    (run, step, value, expires),
+                )
+                db.execute(
+                    "INSERT INTO journal_steps (run, meta, expires) VALUES (?, ?, ?)",
+                    (run, meta, expires),
+                )
+                for table in _JOURNAL_TABLES:
+                    db.execute(f"UPDATE {table} SET expires = ? WHERE run = ?", (expires, run))
+
+        await self._run(write)
+
+    async def journal_steps(self, run: str) -> list[bytes]:
+        def read() -> list[bytes]:
+            sql = "SELECT meta FROM journal_steps WHERE run = ? AND expires > ? ORDER BY seq"
+            rows = self._connection().execute(sql, (run, time.time())).fetchall()
+            return [bytes(row[0]) for row in rows]
+
+        return await self._run(read)
+
+    async def journal_count(self, run: str, counter: str, ttl: float) -> int:
+        def write() -> int:
+            db, now = self._connection(), time.time()
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                db.execute(
+                    "DELETE FROM journal_counters WHERE run = ? AND expires <= ?", (run, now)
+                )
+                row = db.execute(
+                    "INSERT INTO journal_counters VALUES (?, ?, 1, ?) ON CONFLICT (run, counter) "
+                    "DO UPDATE SET n = n + 1 RETURNING n",
+                    (run, counter, now + ttl),
+                ).fetchone()
+                db.execute(
+                    "UPDATE journal_counters SET expires = ? WHERE run = ?", (now + ttl, run)
+                )
+            return int(row[0])
+
+        return await self._run(write)
+
+    async def journal_drop(self, run: str) -> int:
+        def delete() -> int:
+            db, now = self._connection(), time.time()
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                live = db.execute(
+                    "DELETE FROM journal WHERE run = ? AND expires > ?", (run, now)
+                ).rowcount
+                for table in _JOURNAL_TABLES:
+                    db.execute(f"DELETE FROM {table} WHERE run = ?", (run,))
+            return live
+
+        return await self._run(delete)
 
     def _execute(self, sql: str, args: tuple[object, ...]) -> list[tuple[str, float]]:
         return list(self._connection().execute(sql, args).fetchall())

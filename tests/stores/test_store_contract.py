@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import sqlite3
@@ -413,3 +414,292 @@ def test_an_unusable_sqlite_path_is_unavailable_not_fatal_and_recovers(tmp_path:
     failure, value = asyncio.run(run())
     assert failure.startswith("SQLite store")
     assert value == b"v"
+
+
+# The run journal. Runs are unique per test, so runs against the shared Redis never meet.
+
+
+def unique_run() -> str:
+    return f"contract:{os.getpid()}.{time.monotonic_ns()}"
+
+
+def step_id(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
+def test_journal_round_trips_binary_answers_and_misses_are_none(store: Store) -> None:
+    run, binary = unique_run(), bytes(range(256)) + b"\x00\xff\xfe\x80 not utf-8 \xc3\x28"
+
+    async def body(s: Store) -> list[bytes | None]:
+        await s.journal_put(run, step_id("binary"), binary, b'{"n": 1}', 60)
+        await s.journal_put(run, step_id("empty"), b"", b"\x00meta\xff", 60)
+        return [
+            await s.journal_get(run, step_id("binary")),
+            await s.journal_get(run, step_id("empty")),
+            await s.journal_get(run, step_id("never put")),
+            await s.journal_get(unique_run(), step_id("binary")),
+        ]
+
+    assert with_open(store, body) == [binary, b"", None, None]
+
+
+def test_journal_steps_are_the_metas_in_put_order(store: Store) -> None:
+    run = unique_run()
+
+    async def body(s: Store) -> tuple[list[bytes], list[bytes]]:
+        unknown = await s.journal_steps(run)
+        for i in (3, 1, 2):
+            await s.journal_put(run, step_id(f"step {i}"), f"answer {i}".encode(), b"m%d" % i, 60)
+        return unknown, await s.journal_steps(run)
+
+    assert with_open(store, body) == ([], [b"m3", b"m1", b"m2"])
+
+
+def test_journal_put_of_a_recorded_step_replaces_its_answer_and_appends_a_meta(
+    store: Store,
+) -> None:
+    run, step = unique_run(), step_id("again")
+
+    async def body(s: Store) -> tuple[bytes | None, list[bytes], int]:
+        await s.journal_put(run, step, b"first", b"meta 1", 60)
+        await s.journal_put(run, step, b"second", b"meta 2", 60)
+        answer, steps = await s.journal_get(run, step), await s.journal_steps(run)
+        return answer, steps, await s.journal_drop(run)
+
+    # the step list is a log of puts; the run still holds a single answer for the step
+    assert with_open(store, body) == (b"second", [b"meta 1", b"meta 2"], 1)
+
+
+def test_journal_counters_count_per_name_and_per_run(store: Store) -> None:
+    run, other = unique_run(), unique_run()
+
+    async def body(s: Store) -> list[int]:
+        return [
+            await s.journal_count(run, "calls", 60),
+            await s.journal_count(run, "calls", 60),
+            await s.journal_count(run, "retries", 60),
+            await s.journal_count(run, "calls", 60),
+            await s.journal_count(other, "calls", 60),
+            await s.journal_count(run, "retries", 60),
+        ]
+
+    assert with_open(store, body) == [1, 2, 1, 3, 1, 2]
+
+
+def test_journal_run_expires_whole_after_its_ttl(store: Store) -> None:
+    run, step = unique_run(), step_id("short")
+
+    async def body(s: Store) -> tuple[list[object], list[object]]:
+        await s.journal_put(run, step, b"soon gone", b"meta", 0.3)
+        await s.journal_count(run, "calls", 0.3)
+        live = [await s.journal_get(run, step), await s.journal_steps(run)]
+        await asyncio.sleep(0.4)
+        gone = [
+            await s.journal_get(run, step),
+            await s.journal_steps(run),
+            await s.journal_count(run, "calls", 0.3),
+            await s.journal_drop(run),
+        ]
+        return live, gone
+
+    live, gone = with_open(store, body)
+    assert live == [b"soon gone", [b"meta"]]
+    assert gone == [None, [], 1, 0]
+
+
+def test_journal_put_refreshes_the_ttl_of_the_whole_run(store: Store) -> None:
+    run, first, second = unique_run(), step_id("first"), step_id("second")
+
+    async def body(s: Store) -> list[object]:
+        await s.journal_put(run, first, b"one", b"m1", 0.3)
+        await s.journal_count(run, "calls", 0.3)
+        await asyncio.sleep(0.2)
+        await s.journal_put(run, second, b"two", b"m2", 0.3)
+        await asyncio.sleep(0.2)  # 0.4 s after the first put, 0.2 s after the last
+        alive = [
+            await s.journal_get(run, first),
+            await s.journal_get(run, second),
+            await s.journal_steps(run),
+            await s.journal_count(run, "calls", 0.3),
+        ]
+        await asyncio.sleep(0.4)
+        return [*alive, await s.journal_get(run, first), await s.journal_steps(run)]
+
+    assert with_open(store, body) == [b"one", b"two", [b"m1", b"m2"], 2, None, []]
+
+
+def test_journal_put_after_expiry_starts_the_run_afresh(store: Store) -> None:
+    run = unique_run()
+
+    async def body(s: Store) -> list[object]:
+        await s.journal_put(run, step_id("old"), b"old", b"m old", 0.1)
+        await asyncio.sleep(0.2)
+        await s.journal_put(run, step_id("new"), b"new", b"m new", 60)
+        return [
+            await s.journal_get(run, step_id("old")),
+            await s.journal_steps(run),
+            await s.journal_drop(run),
+        ]
+
+    assert with_open(store, body) == [None, [b"m new"], 1]
+
+
+def test_journal_drop_deletes_the_run_and_counts_its_answers(store: Store) -> None:
+    run, other = unique_run(), unique_run()
+
+    async def body(s: Store) -> list[object]:
+        for i in range(3):
+            await s.journal_put(run, step_id(f"step {i}"), b"x", b"m", 60)
+            await s.journal_count(run, "calls", 60)
+        await s.journal_put(other, step_id("step 0"), b"kept", b"m other", 60)
+        await s.journal_count(other, "calls", 60)
+        dropped = await s.journal_drop(run)
+        return [
+            dropped,
+            await s.journal_drop(run),
+            await s.journal_drop(unique_run()),
+            await s.journal_get(run, step_id("step 0")),
+            await s.journal_steps(run),
+            await s.journal_count(run, "calls", 60),
+            await s.journal_get(other, step_id("step 0")),
+            await s.journal_steps(other),
+            await s.journal_count(other, "calls", 60),
+        ]
+
+    assert with_open(store, body) == [3, 0, 0, None, [], 1, b"kept", [b"m other"], 2]
+
+
+def test_journal_runs_do_not_see_each_other(store: Store) -> None:
+    one, two, step = unique_run(), unique_run(), step_id("shared step")
+
+    async def body(s: Store) -> list[object]:
+        await s.journal_put(one, step, b"in one", b"m one", 60)
+        unseen = [await s.journal_get(two, step), await s.journal_steps(two)]
+        await s.journal_put(two, step, b"in two", b"m two", 60)
+        return [
+            *unseen,
+            await s.journal_get(one, step),
+            await s.journal_get(two, step),
+            await s.journal_steps(one),
+            await s.journal_steps(two),
+        ]
+
+    assert with_open(store, body) == [None, [], b"in one", b"in two", [b"m one"], [b"m two"]]
+
+
+def test_redis_journal_keys_share_the_run_hash_tag_and_its_deadline() -> None:
+    run = unique_run()
+
+    async def body(s: Store) -> None:
+        await s.journal_put(run, step_id("a"), b"a", b"m", 30)
+        await s.journal_count(run, "calls", 30)
+        await s.journal_put(run, step_id("b"), b"b", b"m", 90)
+
+    with_open(RedisStore("redis://127.0.0.1:6379/0"), body)
+    client = redis.Redis(host="127.0.0.1", port=6379)
+    names = sorted(client.scan_iter(match=f"sp:{{run:{run}}}:*"))
+    ttls = [client.pttl(name) for name in names]
+    client.delete(*names)
+    client.close()
+    assert names == sorted(
+        f"sp:{{run:{run}}}:{suffix}".encode()
+        for suffix in (
+            f"step:{step_id('a')}",
+            f"step:{step_id('b')}",
+            "steps",
+            "stepkeys",
+            "counters",
+        )
+    )
+    assert all(85_000 < ttl <= 90_000 for ttl in ttls)
+
+
+def test_sqlite_journal_purges_expired_rows_on_put(tmp_path: Path) -> None:
+    path = tmp_path / "sp.db"
+
+    async def body(s: Store) -> None:
+        for _ in range(10):
+            run = unique_run()
+            await s.journal_put(run, step_id("old"), b"x", b"m", 0.05)
+            await s.journal_count(run, "calls", 0.05)
+        await asyncio.sleep(0.1)
+        await s.journal_put("kept", step_id("new"), b"y", b"m", 60)
+
+    with_open(SqliteStore(str(path)), body)
+    db = sqlite3.connect(path)
+    runs = [
+        db.execute(f"SELECT DISTINCT run FROM {t}").fetchall() for t in ("journal", "journal_steps")
+    ]
+    counters = db.execute("SELECT count(*) FROM journal_counters").fetchone()[0]
+    db.close()
+    assert runs == [[("kept",)], [("kept",)]]
+    assert counters == 0
+
+
+def test_redis_journal_outage_is_store_unavailable_for_every_operation(
+    own_redis: tuple[int, subprocess.Popen[bytes]],
+) -> None:
+    port, proc = own_redis
+    run, step = unique_run(), step_id("k")
+
+    async def body(s: Store) -> tuple[bytes | None, list[str]]:
+        await s.journal_put(run, step, b"before", b"m", 60)
+        before = await s.journal_get(run, step)
+        proc.terminate()
+        proc.wait(10)
+        errors = []
+        for operation in (
+            s.journal_get(run, step),
+            s.journal_put(run, step, b"during", b"m", 60),
+            s.journal_steps(run),
+            s.journal_count(run, "calls", 60),
+            s.journal_drop(run),
+        ):
+            try:
+                await operation
+                errors.append("no error")
+            except StoreUnavailable as e:
+                errors.append(str(e))
+        return before, errors
+
+    before, errors = with_open(RedisStore(f"redis://:hunter2@127.0.0.1:{port}/0"), body)
+    assert before == b"before"
+    assert len(errors) == 5
+    for error in errors:
+        assert error.startswith(f"Redis at redis://***@127.0.0.1:{port}/0: ")
+        assert "hunter2" not in error
+
+
+def test_sqlite_journal_failure_is_store_unavailable_for_every_operation(tmp_path: Path) -> None:
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the store wants a directory")
+    run, step = unique_run(), step_id("k")
+
+    async def body(s: Store) -> list[str]:
+        errors = []
+        for operation in (
+            s.journal_get(run, step),
+            s.journal_put(run, step, b"v", b"m", 60),
+            s.journal_steps(run),
+            s.journal_count(run, "calls", 60),
+            s.journal_drop(run),
+        ):
+            try:
+                await operation
+                errors.append("no error")
+            except StoreUnavailable as e:
+                errors.append(str(e))
+        return errors
+
+    async def run_it() -> list[str]:
+        s = SqliteStore(str(blocked / "sp.db"))
+        with contextlib.suppress(StoreUnavailable):
+            await s.open()
+        try:
+            return await body(s)
+        finally:
+            await s.close()
+
+    errors = asyncio.run(run_it())
+    assert len(errors) == 5
+    assert all(error.startswith("SQLite store") for error in errors)
