@@ -63,10 +63,11 @@ def build_app(policy: Policy, log_stream: TextIO | None = None) -> web.Applicati
     runs = RunJournal(store, access_log.event, policy.runs.retention)
     app[RUNS] = runs
     dispatcher = Dispatcher(providers, health, drain)
-    app[PIPELINE] = Pipeline(policy, runs, cache, dispatcher, drain)
+    pipeline = Pipeline(policy, runs, cache, dispatcher, drain, access_log.event)
+    app[PIPELINE] = pipeline
     app.cleanup_ctx.append(_opened(access_log))
     app.cleanup_ctx.append(_opened_store(store, access_log.event))
-    app.cleanup_ctx.append(_flushed(cache, runs))
+    app.cleanup_ctx.append(_flushed(pipeline, cache, runs))
     app.cleanup_ctx.append(_sharing_ejections(ejections, health))
     for name, spec in policy.providers.items():
         app.cleanup_ctx.append(_started_provider(spec, providers[name]))
@@ -105,10 +106,11 @@ def _opened_store(
 
 
 def _flushed(
-    cache: ResponseCache, runs: RunJournal
+    pipeline: Pipeline, cache: ResponseCache, runs: RunJournal
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         yield
+        await pipeline.close()  # detached calls first: they write to the journal
         await cache.close()  # pending writes, before the store closes (contexts unwind in
         await runs.close()  # reverse order)
 

@@ -15,6 +15,11 @@ class Downstream(Protocol):
     @property
     def committed(self) -> bool: ...
 
+    @property
+    def gone(self) -> bool:
+        """The client went away (a write failed)."""
+        ...
+
     async def reply(self, status: int, headers: Mapping[str, str], body: bytes) -> None: ...
 
     async def commit(self, headers: Mapping[str, str]) -> None:

@@ -12,21 +12,23 @@ recorded on the request's `Trace`, which the access log writes once the request 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
-from gateway.config.schema import Policy
+from gateway.breakers import EventSink
+from gateway.config.schema import ModelSpec, Policy
 from gateway.decide.auth import authenticate
 from gateway.decide.calls import parse_call
 from gateway.decide.routing import resolve_model
 from gateway.downstream import Downstream
 from gateway.errors import GatewayUnavailable
 from gateway.lifecycle import SHUTDOWN, Drain
-from gateway.model import Endpoint, Principal, Trace
-from gateway.stages.cache import ResponseCache
+from gateway.model import Call, Endpoint, Principal, Trace
+from gateway.stages.cache import CachePlan, ResponseCache
 from gateway.stages.capture import Capture
 from gateway.stages.dispatch import Dispatcher
-from gateway.stages.runs import RunJournal
+from gateway.stages.runs import RunJournal, RunStep
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +55,11 @@ class Pipeline:
         cache: ResponseCache,
         dispatcher: Dispatcher,
         drain: Drain,
+        events: EventSink,
     ):
         self._policy = policy
+        self._events = events
+        self._detached: set[asyncio.Task[None]] = set()
         self._runs = runs
         self._cache = cache
         self._dispatcher = dispatcher
@@ -64,6 +69,49 @@ class Pipeline:
             for client in policy.clients.values()
             for key_hash in client.key_hashes
         }
+
+    async def _live(
+        self,
+        spec: ModelSpec,
+        call: Call,
+        raw: bytes,
+        trace: Trace,
+        downstream: Downstream,
+        plan: CachePlan | None,
+        step: RunStep | None,
+    ) -> None:
+        """Dispatch, then keep a complete answer for the cache and the run journal."""
+        capture = None
+        if step is not None or plan is not None:
+            capture = Capture(_KEEP_LIMIT, detach=step is not None)
+        await self._dispatcher.dispatch(spec, call, raw, trace, downstream, capture)
+        body = capture.answer(call.endpoint) if capture is not None else None
+        if body is not None:  # complete and successful: worth keeping
+            if plan is not None:
+                self._cache.keep(plan, body)
+            if step is not None:
+                self._runs.keep(step, body)
+
+    async def _detachable(self, live: Coroutine[Any, Any, None], trace: Trace) -> None:
+        """Detach and complete: if the client goes away, the call it paid for goes on to the
+        end (bounded by its deadline) and is journaled, so its retry gets it replayed."""
+        task = asyncio.get_running_loop().create_task(live)
+        self._detached.add(task)  # kept by reference; finished or cancelled at shutdown
+        task.add_done_callback(self._detached.discard)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                self._events({"event": "detached", "request_id": trace.request_id,
+                               "run": trace.run})  # fmt: skip
+            raise
+
+    async def close(self) -> None:
+        """At shutdown: give detached calls a moment to finish, then cancel them."""
+        if self._detached:
+            await asyncio.wait(list(self._detached), timeout=5.0)
+        for task in list(self._detached):
+            task.cancel()
 
     def authenticate(self, api_key: str | None) -> Principal:
         """Stage 1 alone, for the routes that are not generation calls (GET /v1/models)."""
@@ -89,14 +137,11 @@ class Pipeline:
                 if step is not None:  # a run's step answered from the cache is still its step
                     self._runs.keep(step, hit)
                 return
-            capture = Capture(_KEEP_LIMIT) if step is not None or plan is not None else None
-            await self._dispatcher.dispatch(spec, call, raw, trace, downstream, capture)
-            body = capture.answer(call.endpoint) if capture is not None else None
-            if body is not None:  # complete and successful: worth keeping
-                if plan is not None:
-                    self._cache.keep(plan, body)
-                if step is not None:
-                    self._runs.keep(step, body)
+            live = self._live(spec, call, raw, trace, downstream, plan, step)
+            if step is None:
+                await live
+            else:
+                await self._detachable(live, trace)
         except asyncio.CancelledError:
             if not self._drain.expired or downstream.committed:
                 raise

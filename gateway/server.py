@@ -184,16 +184,21 @@ async def _read_body(request: web.Request) -> bytes:
 class AiohttpDownstream:
     """`Downstream` over one aiohttp request."""
 
-    __slots__ = ("_request", "_response", "_stream")
+    __slots__ = ("_gone", "_request", "_response", "_stream")
 
     def __init__(self, request: web.Request):
         self._request = request
         self._response: web.StreamResponse | None = None
         self._stream: web.StreamResponse | None = None
+        self._gone = False
 
     @property
     def committed(self) -> bool:
         return self._stream is not None
+
+    @property
+    def gone(self) -> bool:
+        return self._gone
 
     @property
     def response(self) -> web.StreamResponse:
@@ -208,6 +213,7 @@ class AiohttpDownstream:
         try:
             await stream.prepare(self._request)
         except (ConnectionError, RuntimeError) as e:
+            self._gone = True
             raise ClientDisconnected() from e
         self._stream = self._response = stream  # committed only once the headers are out
 
@@ -216,6 +222,7 @@ class AiohttpDownstream:
         try:
             await self._stream.write(data)
         except (ConnectionError, RuntimeError) as e:
+            self._gone = True
             raise ClientDisconnected() from e
 
     async def finish(self) -> None:
@@ -223,6 +230,7 @@ class AiohttpDownstream:
         try:
             await self._stream.write_eof()
         except (ConnectionError, RuntimeError) as e:
+            self._gone = True
             raise ClientDisconnected() from e
 
 

@@ -17,6 +17,7 @@ class Capture:
     events: bytearray = field(default_factory=bytearray)  # a stream's runs
     complete: bool = False
     too_big: bool = False
+    detach: bool = False  # a stream goes on being read to its end if the client leaves
 
     def add_run(self, run: bytes) -> None:
         if self.too_big:

@@ -16,7 +16,14 @@ import orjson
 
 from gateway.decide.usage import usage_from_body, usage_from_run
 from gateway.downstream import Downstream
-from gateway.errors import SavepointError, UpstreamError, error_object, shape_of, stream_error_event
+from gateway.errors import (
+    ClientDisconnected,
+    SavepointError,
+    UpstreamError,
+    error_object,
+    shape_of,
+    stream_error_event,
+)
 from gateway.lifecycle import Drain
 from gateway.model import Call, Trace
 from gateway.providers.base import Provider, UpstreamReply
@@ -88,6 +95,7 @@ async def relay_stream(
         await downstream.commit({**headers, **SSE_HEADERS})
         trace.status, trace.first_byte = 200, time.monotonic()
         drain.streaming(asyncio.current_task(), events)
+        client_here = True
         run = reply.first_run
         while run:
             usage = usage_from_run(call.endpoint, run)
@@ -95,12 +103,20 @@ async def relay_stream(
                 trace.usage = usage
             if capture is not None:
                 capture.add_run(run)
-            await downstream.write(run)
+            if client_here:
+                try:
+                    await downstream.write(run)
+                except ClientDisconnected:
+                    if capture is None or not capture.detach:
+                        raise  # nobody will want this answer: stop paying for it
+                    client_here = False  # detach: read on to the end, for the journal
             run = await events.next_run()
     except SavepointError as error:
         trace.error_code = shape_of(error).code
         if isinstance(error, UpstreamError):
             on_end(error)
+        if downstream.gone:
+            return
         await downstream.write(stream_error_event(error, call.endpoint.typed_events))
     else:
         on_end(None)
@@ -108,7 +124,8 @@ async def relay_stream(
             capture.complete = True
     finally:
         events.close()
-    await downstream.finish()
+    if not downstream.gone:
+        await downstream.finish()
 
 
 def upstream_error_body(provider: Provider, reply: UpstreamReply) -> bytes:

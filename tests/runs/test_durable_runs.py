@@ -30,10 +30,11 @@ def gw(gateways: Gateways) -> Gateway:
 version: 1
 store: {{path: "{{tmp}}/runs-{SCOPE}.db"}}
 retries: {{attempts_per_target: 1}}
-providers:{mock_provider("up", scope=SCOPE)}{mock_provider("flaky", "status=503;fail_nth=1", scope=SCOPE + "-flaky")}
+providers:{mock_provider("up", scope=SCOPE)}{mock_provider("flaky", "status=503;fail_nth=1", scope=SCOPE + "-flaky")}{mock_provider("slow", "chunk_delay=0.1;chunks=20", scope=SCOPE + "-slow")}
 models:
   mock-gpt: {{targets: [up/mock-gpt]}}
   flaky: {{targets: [flaky/mock-gpt]}}
+  slow: {{targets: [slow/mock-gpt]}}
 clients:
   alice: {{key_sha256: {_hash(ALICE)}}}
   bob: {{key_sha256: {_hash(BOB)}}}
@@ -188,3 +189,26 @@ def test_an_agent_killed_three_times_pays_what_an_uninterrupted_run_pays(
     report = json.loads(done.stdout)
     assert report["with run id"]["calls"] == report["uninterrupted"]["calls"] == 8
     assert report["without run id"]["calls"] > report["uninterrupted"]["calls"]
+
+
+def test_a_client_that_crashes_mid_stream_gets_the_whole_answer_replayed(
+    gw: Gateway, gateways: Gateways
+) -> None:
+    """Detach and complete: the gateway reads the paid-for stream to its end and journals it."""
+    run = f"r-{uuid.uuid4().hex[:8]}"
+    headers = {"X-Savepoint-Run": run, "X-Savepoint-Attempt": "a1",
+               "Authorization": f"Bearer {ALICE}"}  # fmt: skip
+    body = {"model": "slow", "messages": [{"role": "user", "content": "long"}], "stream": True}
+    with httpx.stream("POST", f"{gw.base_url}/chat/completions", json=body, headers=headers) as r:
+        lines = r.iter_lines()
+        next(lines)
+        next(lines)  # the agent dies two events in: 18 chunks still to come
+    time.sleep(2.8)  # 20 chunks x 0.1 s, read on by the gateway
+    calls = _calls(gateways, SCOPE + "-slow")
+    again = _client(gw, run, attempt="a2")
+    chunks = list(again.chat.completions.create(
+        model="slow", messages=[{"role": "user", "content": "long"}], stream=True))  # type: ignore[arg-type]  # fmt: skip
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert len(text.split()) == 20  # the whole answer, not the two chunks the agent saw
+    assert _calls(gateways, SCOPE + "-slow") == calls  # replayed, not paid again
+    assert '"event":"detached"' in gw.proc.stderr()
