@@ -90,21 +90,16 @@ class RunJournal:
         trace.extra_headers["x-savepoint-replayed"] = "true"
         trace.cache, trace.target = "replay", "journal"
         await serve_stored(body, call, trace, downstream)
-        self._note(step, body, replayed=True)
-        return True
+        return True  # a replay writes nothing: it is on the access log, at no store cost
 
     def keep(self, step: RunStep, body: bytes) -> None:
         """Journal a complete answer of this step (after the client has it)."""
-        self._note(step, body, replayed=False)
-
-    def _note(self, step: RunStep, body: bytes, replayed: bool) -> None:
         usage = usage_from_body(orjson.loads(body))
         meta = orjson.dumps({
             "time": round(time.time(), 3),
             "model": step.model,
             "step": step.step[:16],
             "occurrence": step.occurrence,
-            "replayed": replayed,
             "tokens": usage.total_tokens if usage else None,
         })  # fmt: skip
         self._guard.later(self._store.journal_put(step.run, step.step, body, meta, self._retention))

@@ -108,9 +108,18 @@ class RedisStore:
         return f"redis {_without_password(self._url)}"
 
     async def open(self) -> None:
-        self._client = aioredis.Redis.from_url(
-            self._url, socket_connect_timeout=2.0, socket_timeout=2.0, health_check_interval=30
-        )  # connects lazily: a Redis that is down at start is reported by /readyz, not fatal
+        # A blocking pool: under load a call waits (briefly) for a free connection instead of
+        # failing with "Too many connections", redis-py's default pool behaviour.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self._url,
+            max_connections=_MAX_CONNECTIONS,
+            timeout=2.0,
+            socket_connect_timeout=2.0,
+            socket_timeout=2.0,
+            health_check_interval=30,
+        )
+        self._client = aioredis.Redis(connection_pool=pool)
+        # connects lazily: a Redis that is down at start is reported by /readyz, not fatal
         # EVALSHA, loading the script on the first NOSCRIPT (a new or restarted server)
         self._cache_put = self._client.register_script(_CACHE_PUT)
         self._eject = self._client.register_script(_EJECT)
@@ -234,6 +243,9 @@ class RedisStore:
             self._eject = None
             self._journal_put = None
             self._journal_drop = None
+
+
+_MAX_CONNECTIONS = 256
 
 
 def _ejection_key(target: str) -> str:
