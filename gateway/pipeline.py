@@ -3,8 +3,8 @@
     authenticate -> parse -> resolve policy -> [admit] -> [idempotency] -> run journal
         -> response cache -> dispatch
 
-Stages in brackets arrive with later issues (limits and budgets; the store, cache and replay);
-they slot in at the marked lines. A stage ends a request early by raising a
+Stages in brackets arrive with later work (limits and budgets; `Idempotency-Key`); they slot
+in at the marked lines. A stage ends a request early by raising a
 `SavepointError` (rendered once, by the server) or by replying itself. What happened is
 recorded on the request's `Trace`, which the access log writes once the request is over.
 """
@@ -127,7 +127,7 @@ class Pipeline:
             trace.model, trace.stream = call.model, call.stream
             spec = resolve_model(self._policy, principal, call.model)
             # admit: rate limits, budgets, loop guard (issue 5)
-            # idempotency / run journal (issue 4)
+            # idempotency: Idempotency-Key, attach to an identical request in flight (issue 4)
             step = await self._runs.step(principal, spec, call, inbound.run, inbound.attempt)
             if step is not None and await self._runs.replay(step, call, trace, downstream):
                 return
