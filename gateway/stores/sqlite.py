@@ -18,6 +18,7 @@ import asyncio
 import os
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -32,8 +33,11 @@ _PURGE_BATCH = 100
 _CACHE_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS cache (grp TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, "
     "expires REAL NOT NULL, created REAL NOT NULL, PRIMARY KEY (grp, key))",
-    # eviction walks a group newest first; `expires` is in it so that walk never reads a row
+    # eviction takes a group's oldest rows first
     "CREATE INDEX IF NOT EXISTS cache_by_age ON cache (grp, created, expires)",
+    # rows per group, kept in step with `cache` in the same transactions, so that eviction
+    # deletes just the oldest rows beyond the limit instead of walking the whole group
+    "CREATE TABLE IF NOT EXISTS cache_counts (grp TEXT PRIMARY KEY, n INTEGER NOT NULL)",
     # the purge finds expired rows without scanning the table
     "CREATE INDEX IF NOT EXISTS cache_by_expiry ON cache (expires)",
 )
@@ -134,10 +138,20 @@ class SqliteStore:
             db, now = self._connection(), time.time()
             with db:  # commits, or rolls back on an exception
                 db.execute("BEGIN IMMEDIATE")
-                db.execute(
-                    "DELETE FROM cache WHERE rowid IN "
-                    "(SELECT rowid FROM cache WHERE expires <= ? LIMIT ?)",
-                    (now, _PURGE_BATCH),
+                expired = db.execute(
+                    "SELECT rowid, grp FROM cache WHERE expires <= ? LIMIT ?", (now, _PURGE_BATCH)
+                ).fetchall()
+                if expired:
+                    marks = ",".join("?" * len(expired))
+                    db.execute(f"DELETE FROM cache WHERE rowid IN ({marks})",
+                               [rowid for rowid, _ in expired])  # fmt: skip
+                    for grp, gone in Counter(grp for _, grp in expired).items():
+                        _count(db, grp, -gone)
+                new = (
+                    db.execute(
+                        "SELECT 1 FROM cache WHERE grp = ? AND key = ?", (group, key)
+                    ).fetchone()
+                    is None
                 )
                 db.execute(
                     "INSERT INTO cache VALUES (?, ?, ?, ?, ?) ON CONFLICT (grp, key) DO UPDATE "
@@ -145,17 +159,27 @@ class SqliteStore:
                     "created = excluded.created",
                     (group, key, value, now + ttl, now),
                 )
-                db.execute(  # keep the newest `max_entries` live rows of the group
-                    "DELETE FROM cache WHERE rowid IN (SELECT rowid FROM cache "
-                    "WHERE grp = ? AND expires > ? ORDER BY created DESC LIMIT -1 OFFSET ?)",
-                    (group, now, max(0, max_entries)),
-                )
+                rows = _count(db, group, 1 if new else 0)
+                if rows > max_entries:  # the oldest rows beyond the limit (expired ones first)
+                    evicted = db.execute(
+                        "DELETE FROM cache WHERE rowid IN (SELECT rowid FROM cache "
+                        "WHERE grp = ? ORDER BY created ASC LIMIT ?)",
+                        (group, rows - max(0, max_entries)),
+                    ).rowcount
+                    _count(db, group, -evicted)
 
         await self._run(write)
 
     async def cache_delete(self, key: str, group: str) -> None:
         def delete() -> None:
-            self._connection().execute("DELETE FROM cache WHERE grp = ? AND key = ?", (group, key))
+            db = self._connection()
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                gone = db.execute(
+                    "DELETE FROM cache WHERE grp = ? AND key = ?", (group, key)
+                ).rowcount
+                if gone:
+                    _count(db, group, -gone)
 
         await self._run(delete)
 
@@ -259,3 +283,16 @@ class SqliteStore:
             return await loop.run_in_executor(self._executor, fn)
         except (sqlite3.Error, OSError) as e:
             raise StoreUnavailable(f"SQLite store {self._path}: {e}") from None
+
+
+def _count(db: sqlite3.Connection, group: str, delta: int) -> int:
+    """Change a group's row count by `delta` and return it (counted afresh the first time,
+    for a file written before counts were kept)."""
+    row = db.execute(
+        "UPDATE cache_counts SET n = n + ? WHERE grp = ? RETURNING n", (delta, group)
+    ).fetchone()
+    if row is not None:
+        return int(row[0])
+    (n,) = db.execute("SELECT count(*) FROM cache WHERE grp = ?", (group,)).fetchone()
+    db.execute("INSERT INTO cache_counts VALUES (?, ?)", (group, n))
+    return int(n)
