@@ -51,10 +51,6 @@ class Drain:
         if self.draining and not self._tasks:
             self._idle.set()
 
-    @property
-    def in_flight(self) -> int:
-        return len(self._tasks)
-
     async def run(self, deadline: float) -> None:
         """Wait for in-flight requests; after `deadline` seconds, end the rest with an error
         and give them a moment to write it."""

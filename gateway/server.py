@@ -141,9 +141,7 @@ async def generation(endpoint: Endpoint, request: web.Request) -> web.StreamResp
     downstream = AiohttpDownstream(request)
     inbound = Inbound(
         endpoint=endpoint,
-        api_key=key_from_headers(
-            request.headers.get("Authorization"), request.headers.get("x-api-key")
-        ),
+        api_key=request_key(request),
         read_timeout=request.headers.get("x-stainless-read-timeout"),
         cache_control=request.headers.get("Cache-Control"),
         run=request.headers.get("X-Savepoint-Run"),

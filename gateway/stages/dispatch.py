@@ -144,28 +144,28 @@ class Dispatcher:
         group = spec.groups[walk.group]
         if len(group.targets) == 1:  # the common case: nothing to balance
             only = group.targets[0]
-            verdict = self._health.admission(only.label)
-            usable = (
-                verdict is not Admission.SKIP
-                and only.label not in walk.excluded
-                and walk.tried.get(only.label, 0) < spec.retries.attempts_per_target
+            verdict = self._verdict(spec, walk, only)
+            return (
+                (None, False) if verdict is Admission.SKIP else (only, verdict is Admission.PROBE)
             )
-            return (only, verdict is Admission.PROBE) if usable else (None, False)
-        verdicts = [self._health.admission(t.label) for t in group.targets]
+        verdicts = [self._verdict(spec, walk, t) for t in group.targets]
         candidates = [
-            Candidate(
-                weight=t.weight,
-                in_flight=self._health.active(t.label),
-                available=verdict is not Admission.SKIP
-                and t.label not in walk.excluded
-                and walk.tried.get(t.label, 0) < spec.retries.attempts_per_target,
-            )
+            Candidate(t.weight, self._health.active(t.label), verdict is not Admission.SKIP)
             for t, verdict in zip(group.targets, verdicts, strict=True)
         ]
         index = choose(candidates, spec.balance, self._rng.random())
         if index is None:
             return None, False
         return group.targets[index], verdicts[index] is Admission.PROBE
+
+    def _verdict(self, spec: ModelSpec, walk: _Walk, target: TargetSpec) -> Admission:
+        """Whether this request may try `target` now: not if it already failed there in this
+        group or used up its attempts on it, else as its breaker and cooldown say."""
+        if target.label in walk.excluded:
+            return Admission.SKIP
+        if walk.tried.get(target.label, 0) >= spec.retries.attempts_per_target:
+            return Admission.SKIP
+        return self._health.admission(target.label)
 
     def _move_to(self, walk: _Walk, label: str) -> None:
         if walk.current != label:
@@ -230,13 +230,9 @@ class Dispatcher:
         # wait out a cooldown (never less), but do not wait for an open breaker.
         wait = self._health.retry_wait(label)
         max_attempts = attempts_here if wait is None else retries.attempts_per_target
-        group = spec.groups[walk.group]
         other = any(
-            t.label != label
-            and t.label not in walk.excluded
-            and walk.tried.get(t.label, 0) < retries.attempts_per_target
-            and self._health.admission(t.label) is not Admission.SKIP
-            for t in group.targets
+            t.label != label and self._verdict(spec, walk, t) is not Admission.SKIP
+            for t in spec.groups[walk.group].targets
         )
         step = next_step(
             Situation(
