@@ -93,6 +93,8 @@ def line(trace: Trace, now: float) -> bytes:
         record["cache"] = trace.cache
     if trace.run is not None:
         record["run"] = trace.run
+    if trace.idempotency is not None:
+        record["idempotency"] = trace.idempotency
     if trace.saved is not None:
         record["saved_tokens"] = trace.saved.total_tokens
     if trace.usage is not None:

@@ -38,6 +38,7 @@ from gateway.server import (
 )
 from gateway.stages.cache import ResponseCache
 from gateway.stages.dispatch import Dispatcher
+from gateway.stages.idempotency import Idempotency
 from gateway.stages.runs import RunJournal
 from gateway.stores.base import Store, StoreUnavailable
 from gateway.stores.redis import RedisStore
@@ -62,12 +63,13 @@ def build_app(policy: Policy, log_stream: TextIO | None = None) -> web.Applicati
     cache = ResponseCache(store, access_log.event)
     runs = RunJournal(store, access_log.event, policy.runs.retention)
     app[RUNS] = runs
+    idempotency = Idempotency(store, access_log.event, policy.idempotency)
     dispatcher = Dispatcher(providers, health, drain)
-    pipeline = Pipeline(policy, runs, cache, dispatcher, drain, access_log.event)
+    pipeline = Pipeline(policy, idempotency, runs, cache, dispatcher, drain, access_log.event)
     app[PIPELINE] = pipeline
     app.cleanup_ctx.append(_opened(access_log))
     app.cleanup_ctx.append(_opened_store(store, access_log.event))
-    app.cleanup_ctx.append(_flushed(pipeline, cache, runs))
+    app.cleanup_ctx.append(_flushed(pipeline, idempotency, cache, runs))
     app.cleanup_ctx.append(_sharing_ejections(ejections, health))
     for name, spec in policy.providers.items():
         app.cleanup_ctx.append(_started_provider(spec, providers[name]))
@@ -106,13 +108,14 @@ def _opened_store(
 
 
 def _flushed(
-    pipeline: Pipeline, cache: ResponseCache, runs: RunJournal
+    pipeline: Pipeline, idempotency: Idempotency, cache: ResponseCache, runs: RunJournal
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         yield
         await pipeline.close()  # detached calls first: they write to the journal
-        await cache.close()  # pending writes, before the store closes (contexts unwind in
-        await runs.close()  # reverse order)
+        # then pending writes, before the store closes (contexts unwind in reverse order)
+        for feature in (idempotency, cache, runs):
+            await feature.close()
 
     return ctx
 

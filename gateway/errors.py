@@ -10,8 +10,10 @@
     │   ├── RouteNotFound             404  no such URL
     │   ├── RunNotFound               404  no journal for that run (admin API)
     │   ├── MethodNotAllowed          405
+    │   ├── IdempotencyConflict       409  the request with this key is still running
     │   ├── PayloadTooLarge           413  body over server.max_body_bytes
-    │   └── UnsupportedMediaType      415  body is not application/json
+    │   ├── UnsupportedMediaType      415  body is not application/json
+    │   └── IdempotencyKeyReused      422  the key was used with another request
     ├── UpstreamError             502  the provider failed; the same request may work later
     │   ├── UpstreamUnreachable       502  connection refused, reset, DNS
     │   ├── UpstreamBadResponse       502  malformed JSON, a stream cut or truncated
@@ -26,6 +28,7 @@ always carry the four keys OpenAI's schema requires (`message`, `type`, `param`,
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import orjson
@@ -93,6 +96,14 @@ class UnsupportedMediaType(RequestError):
     pass
 
 
+class IdempotencyConflict(RequestError):
+    pass
+
+
+class IdempotencyKeyReused(RequestError):
+    pass
+
+
 class UpstreamError(SavepointError):
     pass
 
@@ -139,6 +150,8 @@ _TABLE: dict[type[SavepointError], HttpShape] = {
     MethodNotAllowed: HttpShape(405, "invalid_request_error", "method_not_allowed"),
     PayloadTooLarge: HttpShape(413, "invalid_request_error", "payload_too_large"),
     UnsupportedMediaType: HttpShape(415, "invalid_request_error", "unsupported_media_type"),
+    IdempotencyConflict: HttpShape(409, "invalid_request_error", "idempotency_request_in_progress"),
+    IdempotencyKeyReused: HttpShape(422, "invalid_request_error", "idempotency_key_reused"),
     UpstreamError: HttpShape(502, "server_error", "upstream_error"),
     UpstreamUnreachable: HttpShape(502, "server_error", "upstream_unreachable"),
     UpstreamBadResponse: HttpShape(502, "server_error", "upstream_bad_response"),
@@ -175,7 +188,11 @@ def stream_error_event(error: SavepointError, typed: bool) -> bytes:
     openai-python raises `APIError` for any event whose data has an `error` key. Responses API
     streams also get the typed `error` event fields (`type`, `code`, `message`, `param`).
     """
-    obj = error_object(error)
+    return error_event(error_object(error), typed)
+
+
+def error_event(obj: Mapping[str, object], typed: bool) -> bytes:
+    """`stream_error_event` for an error object already made (say, by the upstream)."""
     if typed:
         payload = orjson.dumps({**obj, "type": "error", "error": obj})
         return b"event: error\ndata: " + payload + b"\n\n"

@@ -119,5 +119,6 @@ class Trace:
     fallback: bool = False  # served (or failed) beyond the route's first group
     cache: str | None = None  # hit, miss, refresh, bypass (models with a cache); replay
     run: str | None = None  # "<client>/<run id>" for a step of a durable run
+    idempotency: str | None = None  # with an Idempotency-Key: executed, replayed, attached
     saved: Usage | None = None  # the usage of a stored answer served instead of a live one
     extra_headers: dict[str, str] = field(default_factory=dict)  # set by stages, on the reply

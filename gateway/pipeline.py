@@ -1,10 +1,10 @@
 """The fixed order of stages every generation request goes through.
 
-    authenticate -> parse -> resolve policy -> [admit] -> [idempotency] -> run journal
+    authenticate -> parse -> resolve policy -> [admit] -> idempotency -> run journal
         -> response cache -> dispatch
 
-Stages in brackets arrive with later work (limits and budgets; `Idempotency-Key`); they slot
-in at the marked lines. A stage ends a request early by raising a
+The stage in brackets arrives with later work (limits and budgets); it slots in at the
+marked line. A stage ends a request early by raising a
 `SavepointError` (rendered once, by the server) or by replying itself. What happened is
 recorded on the request's `Trace`, which the access log writes once the request is over.
 """
@@ -28,6 +28,7 @@ from gateway.model import Call, Endpoint, Principal, Trace
 from gateway.stages.cache import CachePlan, ResponseCache
 from gateway.stages.capture import Capture
 from gateway.stages.dispatch import Dispatcher
+from gateway.stages.idempotency import Idempotency, Lead
 from gateway.stages.runs import RunJournal, RunStep
 
 
@@ -41,6 +42,7 @@ class Inbound:
     cache_control: str | None
     run: str | None  # X-Savepoint-Run
     attempt: str | None  # X-Savepoint-Attempt
+    idempotency_key: str | None
     read_body: Callable[[], Awaitable[bytes]]
 
 
@@ -51,6 +53,7 @@ class Pipeline:
     def __init__(
         self,
         policy: Policy,
+        idempotency: Idempotency,
         runs: RunJournal,
         cache: ResponseCache,
         dispatcher: Dispatcher,
@@ -60,6 +63,7 @@ class Pipeline:
         self._policy = policy
         self._events = events
         self._detached: set[asyncio.Task[None]] = set()
+        self._idempotency = idempotency
         self._runs = runs
         self._cache = cache
         self._dispatcher = dispatcher
@@ -70,27 +74,45 @@ class Pipeline:
             for key_hash in client.key_hashes
         }
 
-    async def _live(
+    async def _answer(
         self,
         spec: ModelSpec,
         call: Call,
         raw: bytes,
         trace: Trace,
         downstream: Downstream,
-        plan: CachePlan | None,
         step: RunStep | None,
+        plan: CachePlan | None,
+        lead: Lead | None,
     ) -> None:
-        """Dispatch, then keep a complete answer for the cache and the run journal."""
+        """Answer from the run journal, the cache, or live; keep a complete live answer for
+        the cache and the journal; settle the request's `Idempotency-Key` with the answer."""
         capture = None
-        if step is not None or plan is not None:
-            capture = Capture(_KEEP_LIMIT, detach=step is not None)
-        await self._dispatcher.dispatch(spec, call, raw, trace, downstream, capture)
-        body = capture.answer(call.endpoint) if capture is not None else None
-        if body is not None:  # complete and successful: worth keeping
-            if plan is not None:
-                self._cache.keep(plan, body)
-            if step is not None:
-                self._runs.keep(step, body)
+        if step is not None or plan is not None or lead is not None:
+            detach = step is not None or lead is not None
+            capture = Capture(_KEEP_LIMIT, detach=detach, tee=lead.publish if lead else None)
+        error: BaseException | None = None
+        try:
+            if step is not None and await self._runs.replay(step, call, trace, downstream, capture):
+                return
+            hit = await self._cache.answer(plan, call, trace, downstream, capture) if plan else None
+            if hit is not None:
+                if step is not None:  # a run's step answered from the cache is still its step
+                    self._runs.keep(step, hit)
+                return
+            await self._dispatcher.dispatch(spec, call, raw, trace, downstream, capture)
+            body = capture.answer(call.endpoint) if capture is not None else None
+            if body is not None:  # complete and successful: worth keeping
+                if plan is not None:
+                    self._cache.keep(plan, body)
+                if step is not None:
+                    self._runs.keep(step, body)
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            if lead is not None:
+                lead.settle(capture, error)
 
     async def _detachable(self, live: Coroutine[Any, Any, None], trace: Trace) -> None:
         """Detach and complete: if the client goes away, the call it paid for goes on to the
@@ -127,21 +149,20 @@ class Pipeline:
             trace.model, trace.stream = call.model, call.stream
             spec = resolve_model(self._policy, principal, call.model)
             # admit: rate limits, budgets, loop guard (issue 5)
-            # idempotency: Idempotency-Key, attach to an identical request in flight (issue 4)
+            lead = None
+            if inbound.idempotency_key is not None:
+                lead = await self._idempotency.lead(
+                    principal, call, inbound.idempotency_key, trace, downstream
+                )
+                if lead is None:  # replayed, or attached to the same request in flight
+                    return
             step = await self._runs.step(principal, spec, call, inbound.run, inbound.attempt)
-            if step is not None and await self._runs.replay(step, call, trace, downstream):
-                return
             plan = self._cache.plan(spec, principal, call, inbound.cache_control)
-            hit = await self._cache.answer(plan, call, trace, downstream) if plan else None
-            if hit is not None:
-                if step is not None:  # a run's step answered from the cache is still its step
-                    self._runs.keep(step, hit)
-                return
-            live = self._live(spec, call, raw, trace, downstream, plan, step)
-            if step is None:
-                await live
-            else:
-                await self._detachable(live, trace)
+            answer = self._answer(spec, call, raw, trace, downstream, step, plan, lead)
+            if step is None and lead is None:
+                await answer
+            else:  # a call someone means to retry: it goes on if its client leaves
+                await self._detachable(answer, trace)
         except asyncio.CancelledError:
             if not self._drain.expired or downstream.committed:
                 raise

@@ -146,6 +146,7 @@ async def generation(endpoint: Endpoint, request: web.Request) -> web.StreamResp
         cache_control=request.headers.get("Cache-Control"),
         run=request.headers.get("X-Savepoint-Run"),
         attempt=request.headers.get("X-Savepoint-Attempt"),
+        idempotency_key=request.headers.get("Idempotency-Key"),
         read_body=partial(_read_body, request),
     )
     trace = request[TRACE]

@@ -21,6 +21,7 @@ from gateway.config.schema import (
     BreakerSpec,
     CacheSpec,
     ClientSpec,
+    IdempotencySpec,
     Policy,
     ProviderSpec,
     RetrySpec,
@@ -34,7 +35,7 @@ from gateway.config.schema import (
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _TOP_KEYS = (
     "version", "server", "store", "providers", "models", "clients", "retries", "breakers",
-    "admin", "cache", "runs",
+    "admin", "cache", "runs", "idempotency",
 )  # fmt: skip
 _DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
 
@@ -116,6 +117,7 @@ def _policy(ctx: fields.Problems, data: Any, source: str) -> Policy | None:
         disabled,
         breakers=_breakers(ctx, top.get("breakers")),
         runs=_runs(ctx, top.get("runs")),
+        idempotency=_idempotency(ctx, top.get("idempotency")),
         admin_key_hashes=_admin(ctx, top.get("admin")),
     )
 
@@ -307,6 +309,17 @@ def _runs(ctx: fields.Problems, value: Any) -> RunsSpec:
     path: Path = ("runs",)
     m = fields.mapping(ctx, value, path, ("retention",))
     return RunsSpec(retention=fields.seconds(ctx, m, "retention", path, RunsSpec().retention))
+
+
+def _idempotency(ctx: fields.Problems, value: Any) -> IdempotencySpec:
+    path: Path = ("idempotency",)
+    m = fields.mapping(ctx, value, path, ("retention", "lease", "wait"))
+    d = IdempotencySpec()
+    return IdempotencySpec(
+        retention=fields.seconds(ctx, m, "retention", path, d.retention),
+        lease=fields.seconds(ctx, m, "lease", path, d.lease),
+        wait=fields.seconds(ctx, m, "wait", path, d.wait),
+    )
 
 
 def _breakers(ctx: fields.Problems, value: Any) -> BreakerSpec:

@@ -129,6 +129,18 @@ class RunsSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class IdempotencySpec:
+    """`Idempotency-Key`: how long a finished answer is kept (`retention`); the lease of the
+    gateway executing a request (renewed every third of it; once it lapses, say because that
+    gateway died, a retry takes over); how long a duplicate waits for the request in flight
+    before it gets a 409 (`wait`, cut to the client's own deadline)."""
+
+    retention: float = 24 * 3600.0
+    lease: float = 30.0
+    wait: float = 120.0
+
+
+@dataclass(frozen=True, slots=True)
 class BreakerSpec:
     """One circuit breaker per deployment (pybreaker): `fail_max` consecutive provider
     failures open it; after `reset_timeout` one probe at a time may pass; each consecutive
@@ -192,6 +204,7 @@ class Policy:
     disabled_providers: Mapping[str, str] = field(default_factory=dict)
     breakers: BreakerSpec = BreakerSpec()
     runs: RunsSpec = RunsSpec()
+    idempotency: IdempotencySpec = IdempotencySpec()
     admin_key_hashes: frozenset[str] = frozenset()  # empty: admin API open only with auth off
 
     @property

@@ -32,11 +32,11 @@ _VERSION = b"savepoint-key-v1"
 
 def cache_key(tenant: str, route: str, endpoint: Endpoint, body: dict[str, Any]) -> str:
     kept = {k: v for k, v in body.items() if k not in _NOT_IN_CACHE_KEY}
-    return _digest(tenant, route, endpoint.path, canonical(kept))
+    return digest(tenant, route, endpoint.path, canonical(kept))
 
 
 def fingerprint(method: str, path: str, body: dict[str, Any]) -> str:
-    return _digest(method, path, canonical(body))
+    return digest(method, path, canonical(body))
 
 
 def canonical(value: Any) -> bytes:
@@ -70,7 +70,7 @@ def _json_string(text: str) -> Any:
         return text
 
 
-def _digest(*parts: str | bytes) -> str:
+def digest(*parts: str | bytes) -> str:
     h = hashlib.sha256(_VERSION)
     for part in parts:
         data = part.encode() if isinstance(part, str) else part

@@ -22,6 +22,7 @@ from gateway.decide.keys import cache_key
 from gateway.decide.usage import usage_from_body
 from gateway.downstream import Downstream
 from gateway.model import Call, Principal, Trace
+from gateway.stages.capture import Capture
 from gateway.stages.guard import StoreGuard
 from gateway.stages.relay import JSON, SSE_HEADERS
 from gateway.stores.base import Store
@@ -54,7 +55,12 @@ class ResponseCache:
         return CachePlan(key, spec.name, spec.cache, cache_mode(cache_control))
 
     async def answer(
-        self, plan: CachePlan, call: Call, trace: Trace, downstream: Downstream
+        self,
+        plan: CachePlan,
+        call: Call,
+        trace: Trace,
+        downstream: Downstream,
+        capture: Capture | None,
     ) -> bytes | None:
         """Serve a stored answer if there is one (and return it), else note the miss."""
         trace.cache = plan.mode.label
@@ -68,7 +74,7 @@ class ResponseCache:
             return None
         trace.cache = trace.extra_headers["x-savepoint-cache"] = "hit"
         trace.target = "cache"
-        await serve_stored(body, call, trace, downstream)
+        await serve_stored(body, call, trace, downstream, capture)
         return body
 
     def keep(self, plan: CachePlan, body: bytes) -> None:
@@ -83,8 +89,11 @@ class ResponseCache:
         await self._guard.close()
 
 
-async def serve_stored(body: bytes, call: Call, trace: Trace, downstream: Downstream) -> None:
-    """Answer with a stored body: whole, or as an event stream for a streaming request."""
+async def serve_stored(
+    body: bytes, call: Call, trace: Trace, downstream: Downstream, capture: Capture | None
+) -> None:
+    """Answer with a stored body: whole, or as an event stream for a streaming request; the
+    capture sees the answer as if it were live."""
     trace.status = 200
     trace.saved = usage_from_body(orjson.loads(body))
     headers = {
@@ -93,10 +102,19 @@ async def serve_stored(body: bytes, call: Call, trace: Trace, downstream: Downst
         **trace.extra_headers,
     }
     if not call.stream:
-        await downstream.reply(200, {**headers, "Content-Type": JSON}, body)
+        headers = {**headers, "Content-Type": JSON}
+        if capture is not None:
+            capture.status, capture.headers, capture.body = 200, headers, body
+            capture.complete = True
+        await downstream.reply(200, headers, body)
         return
     options = call.body.get("stream_options") or {}
     events = disassemble(call.endpoint, body, bool(options.get("include_usage")))
-    await downstream.commit({**headers, **SSE_HEADERS})
+    headers = {**headers, **SSE_HEADERS}
+    if capture is not None:
+        capture.status, capture.headers = 200, headers
+        capture.add_run(events)
+        capture.complete = True
+    await downstream.commit(headers)
     await downstream.write(events)
     await downstream.finish()

@@ -104,7 +104,7 @@ class Dispatcher:
                     if walk.group + 1 < len(spec.groups):
                         walk.group, walk.excluded = walk.group + 1, set()
                         continue
-                    return await self._give_up(spec, walk, trace, downstream)
+                    return await self._give_up(spec, walk, trace, downstream, capture)
                 self._move_to(walk, target.label)
                 remaining = walk.deadline - time.monotonic()
                 if remaining <= 0:
@@ -123,7 +123,7 @@ class Dispatcher:
                 if outcome.failure is None:
                     return await self._answer(target, outcome, call, trace, downstream, capture)
                 if not await self._after_failure(spec, walk, target, outcome):
-                    return await self._give_up(spec, walk, trace, downstream)
+                    return await self._give_up(spec, walk, trace, downstream, capture)
         finally:
             self._end_retry(walk)
             if walk.current is not None:
@@ -299,7 +299,12 @@ class Dispatcher:
                 self._health.no_verdict(target.label, outcome.probe)
 
     async def _give_up(
-        self, spec: ModelSpec, walk: _Walk, trace: Trace, downstream: Downstream
+        self,
+        spec: ModelSpec,
+        walk: _Walk,
+        trace: Trace,
+        downstream: Downstream,
+        capture: Capture | None,
     ) -> None:
         last, target = walk.last, walk.last_target
         if last is None or target is None:
@@ -325,7 +330,7 @@ class Dispatcher:
         trace.upstream_request_id = last.reply.headers.get("x-request-id")
         provider = self._providers[target.provider]
         await relay_error(provider, last.reply, reply_headers(last.reply, trace, extra), trace,
-                          downstream)  # fmt: skip
+                          downstream, capture)  # fmt: skip
 
 
 def _judge_error(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -57,9 +57,11 @@ async def relay_whole(
     """A complete 200 answer, passed on byte for byte (`parsed` is its JSON, for usage)."""
     trace.status = 200
     trace.usage = usage_from_body(parsed)
+    headers = {**headers, "Content-Type": JSON}
     if capture is not None:
+        capture.status, capture.headers = 200, headers
         capture.body, capture.complete = reply.body, True
-    await downstream.reply(200, {**headers, "Content-Type": JSON}, reply.body)
+    await downstream.reply(200, headers, reply.body)
 
 
 async def relay_error(
@@ -68,11 +70,15 @@ async def relay_error(
     headers: dict[str, str],
     trace: Trace,
     downstream: Downstream,
+    capture: Capture | None,
 ) -> None:
     """An upstream error answer, with its status."""
     trace.status = reply.status
     body = upstream_error_body(provider, reply)
-    await downstream.reply(reply.status, {**headers, "Content-Type": JSON}, body)
+    headers = {**headers, "Content-Type": JSON}
+    if capture is not None:
+        capture.status, capture.headers, capture.body = reply.status, headers, body
+    await downstream.reply(reply.status, headers, body)
 
 
 async def relay_stream(
@@ -92,10 +98,12 @@ async def relay_stream(
     assert events is not None
     try:
         # ---- the commit point: from here on the status is 200, whatever happens upstream ----
-        await downstream.commit({**headers, **SSE_HEADERS})
+        headers = {**headers, **SSE_HEADERS}
+        if capture is not None:
+            capture.status, capture.headers = 200, headers
+        client_here = await _send(downstream.commit(headers), capture)
         trace.status, trace.first_byte = 200, time.monotonic()
         drain.streaming(asyncio.current_task(), events)
-        client_here = True
         run = reply.first_run
         while run:
             usage = usage_from_run(call.endpoint, run)
@@ -104,12 +112,7 @@ async def relay_stream(
             if capture is not None:
                 capture.add_run(run)
             if client_here:
-                try:
-                    await downstream.write(run)
-                except ClientDisconnected:
-                    if capture is None or not capture.detach:
-                        raise  # nobody will want this answer: stop paying for it
-                    client_here = False  # detach: read on to the end, for the journal
+                client_here = await _send(downstream.write(run), capture)
             run = await events.next_run()
     except SavepointError as error:
         trace.error_code = shape_of(error).code
@@ -126,6 +129,18 @@ async def relay_stream(
         events.close()
     if not downstream.gone:
         await downstream.finish()
+
+
+async def _send(sending: Awaitable[None], capture: Capture | None) -> bool:
+    """Send to the client; False once it has gone away and the stream is to be read on to
+    its end anyway (detach), for the answer someone will retry for."""
+    try:
+        await sending
+    except ClientDisconnected:
+        if capture is None or not capture.detach:
+            raise  # nobody will want this answer: stop paying for it
+        return False
+    return True
 
 
 def upstream_error_body(provider: Provider, reply: UpstreamReply) -> bytes:

@@ -26,6 +26,7 @@ from gateway.downstream import Downstream
 from gateway.errors import InvalidRequest
 from gateway.model import Call, Principal, Trace
 from gateway.stages.cache import serve_stored
+from gateway.stages.capture import Capture
 from gateway.stages.guard import StoreGuard
 from gateway.stores.base import Store
 
@@ -79,7 +80,14 @@ class RunJournal:
         step = hashlib.sha256(f"{request}:{occurrence}".encode()).hexdigest()
         return RunStep(run, step, occurrence, spec.name)
 
-    async def replay(self, step: RunStep, call: Call, trace: Trace, downstream: Downstream) -> bool:
+    async def replay(
+        self,
+        step: RunStep,
+        call: Call,
+        trace: Trace,
+        downstream: Downstream,
+        capture: Capture | None,
+    ) -> bool:
         """Answer from the journal if this step was already paid for (True)."""
         trace.run = step.run
         ok, body = await self._guard.call(self._store.journal_get(step.run, step.step))
@@ -89,7 +97,7 @@ class RunJournal:
             return False
         trace.extra_headers["x-savepoint-replayed"] = "true"
         trace.cache, trace.target = "replay", "journal"
-        await serve_stored(body, call, trace, downstream)
+        await serve_stored(body, call, trace, downstream, capture)
         return True  # a replay writes nothing: it is on the access log, at no store cost
 
     def keep(self, step: RunStep, body: bytes) -> None:

@@ -16,16 +16,34 @@ holds answers keyed by step (a 64-character hex digest), an ordered list of step
 bytes the gateway writes, one per put), and named counters. The answers and metas of a run live
 and die together: each put restarts the TTL of the whole run, counters included, so a run
 expires `ttl` seconds after its last put. Counting restarts the TTL of the run's counters.
+
+An idempotency record holds one request's answer under a key (an opaque hex digest): the
+request's fingerprint, its owner (the gateway request executing it), a state (`running`,
+`done` or `failed`), a meta (opaque bytes: status and headers) and a log (bytes appended by
+the owner: the answer so far). A running record's owner holds a lease that it renews; once
+the lease lapses, or once the record has failed, the next claim takes the record over, with
+an empty log. Only the owner can write to or end a record, and only while it runs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 
 class StoreUnavailable(Exception):
     """The store cannot be reached or used right now."""
+
+
+@dataclass(frozen=True, slots=True)
+class IdemRecord:
+    fingerprint: str
+    owner: str
+    state: str  # "running" | "done" | "failed"
+    meta: bytes  # b"" until the owner writes one
+    data: bytes  # the log, from the offset that was asked for
+    lease: float  # seconds left on a running record's lease (<= 0: lapsed)
 
 
 class Store(Protocol):
@@ -100,4 +118,36 @@ class Store(Protocol):
     async def journal_drop(self, run: str) -> int:
         """Delete `run` entirely (answers, metas, counters) and return how many live answers
         it held; 0 for an unknown or expired run."""
+        ...
+
+    async def idem_claim(
+        self, key: str, fingerprint: str, owner: str, lease: float, ttl: float
+    ) -> IdemRecord | None:
+        """Atomically take `key` for `owner` and return None, or return the record that holds
+        it (its whole log) and change nothing.
+
+        `key` is taken when it is absent or expired, when its record failed, or when it runs
+        on a lapsed lease (taken over). It then runs, with `fingerprint`, an empty meta and log,
+        a lease of `lease` seconds, and expires `ttl` seconds from now.
+        """
+        ...
+
+    async def idem_read(self, key: str, offset: int) -> IdemRecord | None:
+        """The record under `key` with its log from byte `offset` on; None if absent."""
+        ...
+
+    async def idem_write(
+        self, key: str, owner: str, meta: bytes, data: bytes, lease: float
+    ) -> bool:
+        """As the owner of a running record: set its meta (unless `meta` is b""), append
+        `data` to its log and renew its lease for `lease` seconds. False, changing nothing,
+        if the record is absent, not running, or `owner` no longer owns it."""
+        ...
+
+    async def idem_end(
+        self, key: str, owner: str, state: str, meta: bytes, data: bytes, ttl: float
+    ) -> bool:
+        """As the owner of a running record: set its state (`done` or `failed`) and meta,
+        append `data` to its log, and make it expire `ttl` seconds from now. False, changing
+        nothing, under the same conditions as `idem_write`."""
         ...

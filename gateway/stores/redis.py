@@ -13,7 +13,11 @@ touches together live in one Redis Cluster slot:
   them all and a drop can delete them.
 - `sp:{run:<run>}:counters`: the hash of the run's counters.
 
-All of a run's keys share its deadline: a put sets the same TTL on every one of them.
+- `sp:{idem:<key>}`: an idempotency record, a hash (fp, owner, state, meta, lease: the
+  server's clock in ms), and `sp:{idem:<key>}:log`, its log, a string that writes APPEND to.
+
+All of a run's keys share its deadline: a put sets the same TTL on every one of them. Leases
+are timed by the server's clock, so replicas with skewed clocks agree on them.
 """
 
 from __future__ import annotations
@@ -21,12 +25,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from gateway.stores.base import StoreUnavailable
+from gateway.stores.base import IdemRecord, StoreUnavailable
 
 # KEYS[1] value key, KEYS[2] the group's index; ARGV value, ttl (ms), max_entries.
 #
@@ -94,6 +99,76 @@ redis.call('DEL', unpack(KEYS))
 return dropped
 """
 
+# KEYS[1] the record, KEYS[2] its log. The time of the Redis server in ms, for leases.
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# ARGV fingerprint, owner, lease (ms), ttl (ms). Returns the record holding the key, or false
+# (nil in Python) once the key is ours.
+_IDEM_CLAIM = (
+    _NOW
+    + """
+local r = redis.call('HMGET', KEYS[1], 'fp', 'owner', 'state', 'meta', 'lease')
+if r[1] and (r[3] == 'done' or (r[3] == 'running' and tonumber(r[5]) > now)) then
+  return {r[1], r[2], r[3], r[4], redis.call('GET', KEYS[2]) or '', tonumber(r[5]) - now}
+end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'owner', ARGV[2], 'state', 'running', 'meta', '',
+           'lease', now + tonumber(ARGV[3]))
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return false
+"""
+)
+
+# ARGV offset.
+_IDEM_READ = (
+    _NOW
+    + """
+local r = redis.call('HMGET', KEYS[1], 'fp', 'owner', 'state', 'meta', 'lease')
+if not r[1] then
+  return false
+end
+return {r[1], r[2], r[3], r[4], redis.call('GETRANGE', KEYS[2], ARGV[1], -1), tonumber(r[5]) - now}
+"""
+)
+
+# ARGV owner, meta, data, lease (ms); returns 1 if written.
+_IDEM_WRITE = (
+    _NOW
+    + """
+local r = redis.call('HMGET', KEYS[1], 'owner', 'state')
+if r[1] ~= ARGV[1] or r[2] ~= 'running' then
+  return 0
+end
+if ARGV[2] ~= '' then
+  redis.call('HSET', KEYS[1], 'meta', ARGV[2])
+end
+if ARGV[3] ~= '' then
+  redis.call('APPEND', KEYS[2], ARGV[3])
+  redis.call('PEXPIRE', KEYS[2], redis.call('PTTL', KEYS[1]))
+end
+redis.call('HSET', KEYS[1], 'lease', now + tonumber(ARGV[4]))
+return 1
+"""
+)
+
+# ARGV owner, state, meta, data, ttl (ms); returns 1 if ended.
+_IDEM_END = """
+local r = redis.call('HMGET', KEYS[1], 'owner', 'state')
+if r[1] ~= ARGV[1] or r[2] ~= 'running' then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'meta', ARGV[3])
+if ARGV[4] ~= '' then
+  redis.call('APPEND', KEYS[2], ARGV[4])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+return 1
+"""
+
 
 class RedisStore:
     def __init__(self, url: str):
@@ -103,6 +178,7 @@ class RedisStore:
         self._eject: AsyncScript | None = None
         self._journal_put: AsyncScript | None = None
         self._journal_drop: AsyncScript | None = None
+        self._idem: dict[str, AsyncScript] = {}
 
     def describe(self) -> str:
         return f"redis {_without_password(self._url)}"
@@ -125,6 +201,11 @@ class RedisStore:
         self._eject = self._client.register_script(_EJECT)
         self._journal_put = self._client.register_script(_JOURNAL_PUT)
         self._journal_drop = self._client.register_script(_JOURNAL_DROP)
+        self._idem = {
+            name: self._client.register_script(source)
+            for name, source in (("claim", _IDEM_CLAIM), ("read", _IDEM_READ),
+                                 ("write", _IDEM_WRITE), ("end", _IDEM_END))
+        }  # fmt: skip
 
     async def ping(self) -> None:
         client = self._open_client()
@@ -218,6 +299,30 @@ class RedisStore:
             dropped = await script(keys=[stepkeys, steps, counters])
         return int(dropped)
 
+    async def idem_claim(
+        self, key: str, fingerprint: str, owner: str, lease: float, ttl: float
+    ) -> IdemRecord | None:
+        args = [fingerprint, owner, _ms(lease), _ms(ttl)]
+        return _record(await self._idem_call("claim", key, args))
+
+    async def idem_read(self, key: str, offset: int) -> IdemRecord | None:
+        return _record(await self._idem_call("read", key, [offset]))
+
+    async def idem_write(
+        self, key: str, owner: str, meta: bytes, data: bytes, lease: float
+    ) -> bool:
+        return bool(await self._idem_call("write", key, [owner, meta, data, _ms(lease)]))
+
+    async def idem_end(
+        self, key: str, owner: str, state: str, meta: bytes, data: bytes, ttl: float
+    ) -> bool:
+        return bool(await self._idem_call("end", key, [owner, state, meta, data, _ms(ttl)]))
+
+    async def _idem_call(self, name: str, key: str, args: list[Any]) -> Any:
+        script = self._open_script(self._idem.get(name))
+        with self._translated():
+            return await script(keys=[f"sp:{{idem:{key}}}", f"sp:{{idem:{key}}}:log"], args=args)
+
     def _open_script(self, script: AsyncScript | None) -> AsyncScript:
         if script is None:
             raise StoreUnavailable("the Redis store is not open")
@@ -243,9 +348,21 @@ class RedisStore:
             self._eject = None
             self._journal_put = None
             self._journal_drop = None
+            self._idem = {}
 
 
 _MAX_CONNECTIONS = 256
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+def _record(reply: Any) -> IdemRecord | None:
+    if not reply:
+        return None
+    fp, owner, state, meta, data, lease_ms = reply
+    return IdemRecord(fp.decode(), owner.decode(), state.decode(), meta, data, lease_ms / 1000)
 
 
 def _ejection_key(target: str) -> str:

@@ -10,6 +10,9 @@ ordered by an AUTOINCREMENT sequence) and `journal_counters`. Every row carries 
 `expires`; a put sets it on all the run's rows in its transaction, after deleting the run's
 already expired rows so that a refresh never brings them back. Expired rows are ignored on read
 and purged a bounded batch per table on each put.
+
+Idempotency records are one table, one row per key, the log a BLOB that writes append to.
+Expired rows are ignored on read and purged a bounded batch at a time on each claim.
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from gateway.stores.base import StoreUnavailable
+from gateway.stores.base import IdemRecord, StoreUnavailable
 
 T = TypeVar("T")
 
@@ -56,6 +59,14 @@ _JOURNAL_SCHEMA = (
 )
 _JOURNAL_TABLES = ("journal", "journal_steps", "journal_counters")
 
+_IDEM_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY, fp TEXT NOT NULL, "
+    "owner TEXT NOT NULL, state TEXT NOT NULL, meta BLOB NOT NULL, data BLOB NOT NULL, "
+    "lease REAL NOT NULL, expires REAL NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS idempotency_by_expiry ON idempotency (expires)",
+)
+_IDEM_COLUMNS = "fp, owner, state, meta, data, lease"
+
 
 class SqliteStore:
     def __init__(self, path: str):
@@ -86,7 +97,7 @@ class SqliteStore:
             columns = {row[1] for row in db.execute("PRAGMA table_info(ejections)")}
             if "since" not in columns:  # a file written before ejections had a time
                 db.execute("ALTER TABLE ejections ADD COLUMN since REAL DEFAULT 0")
-            for statement in (*_CACHE_SCHEMA, *_JOURNAL_SCHEMA):
+            for statement in (*_CACHE_SCHEMA, *_JOURNAL_SCHEMA, *_IDEM_SCHEMA):
                 db.execute(statement)
         except BaseException:
             db.close()
@@ -262,6 +273,87 @@ class SqliteStore:
 
         return await self._run(delete)
 
+    async def idem_claim(
+        self, key: str, fingerprint: str, owner: str, lease: float, ttl: float
+    ) -> IdemRecord | None:
+        def claim() -> IdemRecord | None:
+            db, now = self._connection(), time.time()
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                db.execute(
+                    "DELETE FROM idempotency WHERE rowid IN "
+                    "(SELECT rowid FROM idempotency WHERE expires <= ? LIMIT ?)",
+                    (now, _PURGE_BATCH),
+                )
+                row = db.execute(
+                    f"SELECT {_IDEM_COLUMNS} FROM idempotency WHERE key = ? AND expires > ?",
+                    (key, now),
+                ).fetchone()
+                if row is not None and (row[2] == "done" or (row[2] == "running" and row[5] > now)):
+                    return _record(row, now)
+                db.execute(
+                    "INSERT OR REPLACE INTO idempotency "
+                    "VALUES (?, ?, ?, 'running', x'', x'', ?, ?)",
+                    (key, fingerprint, owner, now + lease, now + ttl),
+                )
+            return None
+
+        return await self._run(claim)
+
+    async def idem_read(self, key: str, offset: int) -> IdemRecord | None:
+        def read() -> IdemRecord | None:
+            now = time.time()
+            row = (
+                self._connection()
+                .execute(
+                    "SELECT fp, owner, state, meta, coalesce(substr(data, ? + 1), x''), lease "
+                    "FROM idempotency "
+                    "WHERE key = ? AND expires > ?",
+                    (offset, key, now),
+                )
+                .fetchone()
+            )
+            return None if row is None else _record(row, now)
+
+        return await self._run(read)
+
+    async def idem_write(
+        self, key: str, owner: str, meta: bytes, data: bytes, lease: float
+    ) -> bool:
+        def write() -> bool:
+            now = time.time()
+            changed = (
+                self._connection()
+                .execute(
+                    "UPDATE idempotency SET meta = CASE WHEN length(?) > 0 THEN ? ELSE meta END, "
+                    "data = CAST(data || ? AS BLOB), lease = ? "
+                    "WHERE key = ? AND owner = ? AND state = 'running' AND expires > ?",
+                    (meta, meta, data, now + lease, key, owner, now),
+                )
+                .rowcount
+            )
+            return changed == 1
+
+        return await self._run(write)
+
+    async def idem_end(
+        self, key: str, owner: str, state: str, meta: bytes, data: bytes, ttl: float
+    ) -> bool:
+        def end() -> bool:
+            now = time.time()
+            changed = (
+                self._connection()
+                .execute(
+                    "UPDATE idempotency SET state = ?, meta = ?, data = CAST(data || ? AS BLOB), "
+                    "expires = ? WHERE key = ? AND owner = ? AND state = 'running' AND expires > ?",
+                    (state, meta, data, now + ttl, key, owner, now),
+                )
+                .rowcount
+            )
+            return changed == 1
+
+        return await self._run(end)
+
     def _execute(self, sql: str, args: tuple[object, ...]) -> list[tuple[str, float]]:
         return list(self._connection().execute(sql, args).fetchall())
 
@@ -283,6 +375,11 @@ class SqliteStore:
             return await loop.run_in_executor(self._executor, fn)
         except (sqlite3.Error, OSError) as e:
             raise StoreUnavailable(f"SQLite store {self._path}: {e}") from None
+
+
+def _record(row: tuple[Any, ...], now: float) -> IdemRecord:
+    fp, owner, state, meta, data, lease = row
+    return IdemRecord(fp, owner, state, bytes(meta), bytes(data), lease - now)
 
 
 def _count(db: sqlite3.Connection, group: str, delta: int) -> int:

@@ -68,7 +68,7 @@ PROVIDER = "providers:\n  up: {kind: openai}\n"
         (
             "modles: {}\n" + BASE,
             "1: modles: unknown key; expected one of: version, server, "
-            "store, providers, models, clients, retries, breakers, admin, cache, runs",
+            "store, providers, models, clients, retries, breakers, admin, cache, runs, idempotency",
         ),
         (
             BASE + "server: {max_body_bytes: lots}\n",

@@ -325,6 +325,10 @@ ACCEPTED = [
     pytest.param(policy(admin="{key_env: SAVEPOINT_ADMIN_KEY}"), id="admin key_env"),
     pytest.param(policy(admin=f"{{key_sha256: [{HASH}]}}"), id="admin key_sha256 list"),
     pytest.param(policy(admin=""), id="empty admin section: no admin key"),
+    pytest.param(
+        policy(idempotency="{retention: 2h, lease: 10s, wait: 30s}"), id="every idempotency key"
+    ),
+    pytest.param(policy(idempotency=""), id="empty idempotency section"),
 ]
 
 REJECTED = [
@@ -528,6 +532,9 @@ REJECTED = [
     pytest.param(policy(retries="{budget_ratio: '0.5'}"), id="budget ratio as text"),
     pytest.param(policy(retries="{budget_ratio: '${RATIO:-0.5}'}"), id="interpolated ratio"),
     pytest.param(policy(retries="{budget_min: -1}"), id="negative budget_min"),
+    pytest.param(policy(idempotency="{lease: 0}"), id="idempotency lease 0"),
+    pytest.param(policy(idempotency="{wait: forever}"), id="idempotency wait as a word"),
+    pytest.param(policy(idempotency="{ttl: 1h}"), id="unknown idempotency key"),
     pytest.param(policy(breakers="[]"), id="breakers as a list"),
     pytest.param(policy(breakers="{threshold: 5}"), id="unknown breaker key"),
     pytest.param(policy(breakers="{fail_max: 0}"), id="fail_max 0"),
