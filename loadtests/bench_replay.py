@@ -1,12 +1,13 @@
-"""Stored answers: are cache hits and durable-run replays at least as fast as the bare
-pass-through proxy in front of an instant upstream, and what does the store add to a miss?
+"""Stored answers: are cache hits, durable-run replays and idempotent replays at least as fast
+as the bare pass-through proxy in front of an instant upstream, and what does the store add to
+a miss?
 
     python loadtests/bench_replay.py [--duration 5] [--rate 500] [--smoke] [--out FILE]
 
     CPU 1: mock provider (no delay), wrk / the open-loop client    CPU 0: the systems under test
     load ──> pass-through (loadtests/passthrough.py) ──> mock       the floor
-    load ──> gateway on SQLite ──> mock (misses only)               hit / replay / miss / no-cache
-    load ──> gateway on Redis  ──> mock (misses only)               hit / replay / miss / no-cache
+    load ──> gateway on SQLite ──> mock (misses only)               hit replay idem miss nocache
+    load ──> gateway on Redis  ──> mock (misses only)               hit replay idem miss nocache
 
 Targets (the same body on every request unless it says "unique"):
 
@@ -14,17 +15,20 @@ Targets (the same body on every request unless it says "unique"):
     hit-<store>      a model with `cache: {enabled: true}`: every request after the first is a hit
     replay-<store>   a model without cache, `X-Savepoint-Run: <id>` and no attempt header:
                      every request after the first replays the journaled answer
+    idem-<store>     the model without cache, `Idempotency-Key: bench-<nonce>-<store>` on every
+                     request: every request after the first replays the key's stored answer
     miss-<store>     the cached model, a unique body per request: every request is a miss
     nocache-<store>  the model without cache, unique bodies: the baseline of the miss
 
 For each: requests/s at saturation (wrk, `replay.lua`) and p50/p99 at a fixed rate (an
 open-loop client, `openloop.py`'s method, here with headers and unique bodies). Before
 measuring, two sample requests check the answer headers (`x-savepoint-cache: hit`,
-`x-savepoint-replayed: true`, `x-savepoint-cache: miss`); while measuring, the mock's request
-counter must not move for hits and replays, and must count every answer for the others, and
-every answer's headers are counted again by the open-loop client. Any error or a hit that was
-not a hit exits 1. Prints a markdown table, writes JSON under loadtests/results/. Every process
-it starts is stopped by PID; the Redis keys it wrote are deleted at the end.
+`x-savepoint-replayed: true`, `idempotent-replayed: true`, `x-savepoint-cache: miss`); while
+measuring, the mock's request counter must not move for hits and both kinds of replay, and
+must count every answer for the others, and every answer's headers are counted again by the
+open-loop client. Any error or a hit that was not a hit exits 1. Prints a markdown table,
+writes JSON under loadtests/results/. Every process it starts is stopped by PID; the Redis
+keys it wrote are deleted at the end.
 """
 
 from __future__ import annotations
@@ -81,10 +85,11 @@ EXPECT = {
     "passthrough": (None, None, True),  # (header, value, reaches the mock)
     "hit": ("x-savepoint-cache", "hit", False),
     "replay": ("x-savepoint-replayed", "true", False),
+    "idem": ("idempotent-replayed", "true", False),
     "miss": ("x-savepoint-cache", "miss", True),
     "nocache": (None, None, True),
 }
-_SEEN_HEADERS = ("x-savepoint-cache", "x-savepoint-replayed")
+_SEEN_HEADERS = ("x-savepoint-cache", "x-savepoint-replayed", "idempotent-replayed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,11 +111,14 @@ class Target:
     process: Child
     model: str
     run: str | None  # X-Savepoint-Run
+    idempotency_key: str | None  # Idempotency-Key
     unique: bool  # a different body on every request
     mock_stats: str  # the mock's request counter (GET /_mock/stats)
 
     def headers(self) -> dict[str, str]:
         extra = {"X-Savepoint-Run": self.run} if self.run else {}
+        if self.idempotency_key:
+            extra["Idempotency-Key"] = self.idempotency_key
         return {"Content-Type": "application/json", "Authorization": "Bearer sk-bench", **extra}
 
 
@@ -227,20 +235,22 @@ def start_targets(
     path = "/v1/chat/completions"
     targets = [
         Target("passthrough", "passthrough", "-", f"http://127.0.0.1:{pass_port}{path}",
-               passthrough, "mock-gpt", None, False, f"{upstream}/_mock/stats"),
+               passthrough, "mock-gpt", None, None, False, f"{upstream}/_mock/stats"),
     ]  # fmt: skip
     for kind, model, unique in (
         ("hit", CACHED, False),
         ("replay", PLAIN, False),
+        ("idem", PLAIN, False),
         ("miss", MISSED, True),
         ("nocache", PLAIN, True),
     ):
         for store, (child, port) in gateways.items():
             run_id = f"bench-{bodies.nonce}-{store}" if kind == "replay" else None
+            idem_key = f"bench-{bodies.nonce}-{store}" if kind == "idem" else None
             url = f"http://127.0.0.1:{port}{path}"
             targets.append(
-                Target(f"{kind}-{store}", kind, store, url, child, model, run_id, unique,
-                       f"{upstream}/_mock/stats")
+                Target(f"{kind}-{store}", kind, store, url, child, model, run_id, idem_key,
+                       unique, f"{upstream}/_mock/stats")
             )  # fmt: skip
     return targets
 
@@ -256,7 +266,8 @@ def _check_ready(child: Child, port: int, store: str) -> None:
 
 
 def _clean_redis(targets: list[Target]) -> None:
-    """Drop what the Redis gateway wrote: the runs' journals (admin API) and the cache's keys."""
+    """Drop what the Redis gateway wrote: the runs' journals (admin API), the cache's keys
+    and the idempotency records (`sp:{idem:<record key>}` and its `:log`)."""
     for target in targets:
         if target.store == "redis" and target.run:
             admin = target.url.replace("/v1/chat/completions", f"/admin/runs/{target.run}")
@@ -275,11 +286,30 @@ def _clean_redis(targets: list[Target]) -> None:
             for model in (CACHED, MISSED)
             for key in client.scan_iter(match=f"sp:{{cache:{model}}}:*", count=1000)
         ]
+        keys += [
+            name
+            for record in _idem_records(targets)
+            for name in (f"sp:{{idem:{record}}}", f"sp:{{idem:{record}}}:log")
+        ]
         for start in range(0, len(keys), 1000):
             client.delete(*keys[start : start + 1000])
         client.close()
     except Exception as e:  # cleanup must not hide the result
-        print(f"bench_replay: could not delete the cache's Redis keys: {e}", file=sys.stderr)
+        print(f"bench_replay: could not delete the Redis keys: {e}", file=sys.stderr)
+
+
+def _idem_records(targets: list[Target]) -> list[str]:
+    """The store keys of the Redis idempotency records: per client, and with auth off (the
+    benchmark's policy has no clients) every caller is the same anonymous client."""
+    from gateway.decide.auth import authenticate
+    from gateway.decide.idempotency import record_key
+
+    client = authenticate({}, "sk-bench").name
+    return [
+        record_key(client, t.idempotency_key)
+        for t in targets
+        if t.store == "redis" and t.idempotency_key
+    ]
 
 
 # --- measuring --------------------------------------------------------------------------------
@@ -336,7 +366,8 @@ def run(
 
 
 def _journal_steps(target: Target) -> int | None:
-    """How many step entries the run's journal holds (every answer, replays included)."""
+    """How many step entries the run's journal holds (one per live answer; replays write
+    nothing, so 1 for the benchmark's runs)."""
     url = target.url.replace("/v1/chat/completions", f"/admin/runs/{target.run}")
     try:
         with urllib.request.urlopen(url, timeout=30) as reply:
@@ -363,7 +394,7 @@ def _mock_total(stats_url: str) -> int:
 
 def check_answers(target: Target, bodies: Bodies) -> dict[str, Any]:
     """Two identical requests before measuring; the second must say what the target is about
-    (a hit, a replay, a miss). Unique targets send a fresh body both times."""
+    (a hit, a replay, an idempotent replay, a miss). Unique targets send a fresh body both times."""
     header, value, _ = EXPECT[target.kind]
     seen = []
     body = bodies.body(target, "check-1")
@@ -398,6 +429,8 @@ def _wrk(
     env = {"SAVEPOINT_BENCH_BODY": json.dumps(bodies.body(target))}
     if target.run:
         env["SAVEPOINT_BENCH_RUN"] = target.run
+    if target.idempotency_key:
+        env["SAVEPOINT_BENCH_IDEMPOTENCY_KEY"] = target.idempotency_key
     if target.unique:
         env["SAVEPOINT_BENCH_UNIQUE"] = MARKER
     argv = ["wrk", "-t1", f"-c{settings.connections}", f"-d{max(1, round(seconds))}s"]
@@ -559,7 +592,7 @@ def compare(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     floor = results["passthrough"]["saturation"]
     over_floor = {}
     for name, measured in results.items():
-        if name.startswith(("hit-", "replay-")):
+        if name.startswith(("hit-", "replay-", "idem-")):
             sat = measured["saturation"]
             over_floor[name] = {
                 "rps_ratio": _ratio(sat["rps"], floor["rps"]),
@@ -626,7 +659,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [
         "",
         f"CPU busy before the run (other work): {s['cpu_busy_before_pct']} %. "
-        f"Step entries in each run's journal at the end (one per answer, replays included): "
+        f"Step entries in each run's journal at the end (one per live answer, so 1: replays "
+        f"write nothing): "
         + ", ".join(f"{n} {v:,}" if v is not None else f"{n} ?" for n, v in journals.items())
         + ".",
     ]

@@ -31,8 +31,9 @@ import os
 import secrets
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -61,7 +62,9 @@ from gateway.stages.relay import JSON, SSE_HEADERS
 from gateway.stores.base import IdemRecord, Store
 
 REPLAYED = "idempotent-replayed"
+_RECENT_TTL, _RECENT_BYTES = 30.0, 32 * 1024 * 1024  # finished records kept in memory
 _RETRY_SOON = {"retry-after": "1", "retry-after-ms": "1000", "x-should-retry": "true"}
+_RECENT_TTL, _RECENT_BYTES = 30.0, 32 * 1024 * 1024  # finished records kept in memory
 _RETRY_SOON = {"retry-after": "1", "retry-after-ms": "1000", "x-should-retry": "true"}
 _POLL_FIRST, _POLL_MAX = 0.005, 0.1  # a remote follower's polling, backing off
 _LOST = UpstreamError(
@@ -138,6 +141,8 @@ class Lead:
             self._set_meta(_failure(capture, error))
             self.state = "failed"
         self._final = (self.state, self._pending_meta or orjson.dumps(self.meta))
+        if self.state == "done":
+            self._stage.recent.put(self.key, self.view(0))
         self._stage.ended(self)
         self._notify()
         self._wake.set()
@@ -211,8 +216,11 @@ class _Remote:
             if not ok or record is None:
                 return None
         meta = orjson.loads(record.meta) if record.meta else None
-        return _View(record.fingerprint, record.owner, record.state, meta, record.data,
+        view = _View(record.fingerprint, record.owner, record.state, meta, record.data,
                      record.lease)  # fmt: skip
+        if view.state == "done" and offset == 0:
+            self._stage.recent.put(self._key, view)
+        return view
 
     async def changed(self, at_most: float) -> None:
         await asyncio.sleep(min(self._poll, at_most))
@@ -234,7 +242,55 @@ class _Local:
         await self._lead.changed(self._seen, at_most)
 
 
-_Source = _Remote | _Local
+class _Finished:
+    """A finished record this process saw lately (see `_Recent`)."""
+
+    def __init__(self, view: _View):
+        self._view = view
+
+    async def view(self, offset: int) -> _View | None:
+        return replace(self._view, data=self._view.data[offset:])
+
+    async def changed(self, at_most: float) -> None:
+        raise AssertionError("a finished record does not change")
+
+
+_Source = _Remote | _Local | _Finished
+
+
+class _Recent:
+    """Finished records this process saw lately, newest last, within a byte bound. A finished
+    record never changes (until it expires), so a burst of retries of one key is answered
+    from here without a store round trip; `ttl` bounds how long a replica may go on replaying
+    a record after it expired in the store."""
+
+    def __init__(self, ttl: float, max_bytes: int):
+        self._ttl, self._max_bytes = ttl, max_bytes
+        self._views: OrderedDict[str, tuple[float, _View]] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, key: str) -> _View | None:
+        found = self._views.get(key)
+        if found is None:
+            return None
+        if found[0] < time.monotonic():
+            self._drop(key)
+            return None
+        return found[1]
+
+    def put(self, key: str, view: _View) -> None:
+        if len(view.data) > self._max_bytes // 4:
+            return
+        if key in self._views:
+            self._drop(key)
+        self._views[key] = (time.monotonic() + self._ttl, view)
+        self._bytes += len(view.data)
+        while self._bytes > self._max_bytes:
+            self._drop(next(iter(self._views)))
+
+    def _drop(self, key: str) -> None:
+        _, view = self._views.pop(key)
+        self._bytes -= len(view.data)
 
 
 class Idempotency:
@@ -244,6 +300,7 @@ class Idempotency:
         self._instance = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
         self._leads: dict[str, Lead] = {}  # keys led in this process
         self._claiming: dict[str, asyncio.Event] = {}  # keys being claimed in this process
+        self.recent = _Recent(min(_RECENT_TTL, spec.retention), _RECENT_BYTES)
 
     async def lead(
         self, principal: Principal, call: Call, header: str, trace: Trace, downstream: Downstream
@@ -278,7 +335,11 @@ class Idempotency:
         await self.guard.close()
 
     async def _claim(self, key: str, fp: str, trace: Trace) -> Lead | _Source:
-        while (claiming := self._claiming.get(key)) is not None:
+        while True:
+            if (finished := self.recent.get(key)) is not None:
+                return _Finished(finished)
+            if (claiming := self._claiming.get(key)) is None:
+                break
             await claiming.wait()  # one claim per key at a time in this process
         local = self._leads.get(key)
         if local is not None:

@@ -1,4 +1,5 @@
-"""The embedded store: one SQLite file in WAL mode, used only from a worker thread.
+"""The embedded store: one SQLite file in WAL mode, used only from two worker threads (one
+writes, one reads, so reads never queue behind writes and their checkpoints).
 
 The response cache is one table keyed by (group, key). Expired rows are ignored on read and
 purged a bounded batch at a time on each put, so a put never pays for a large backlog; the
@@ -18,8 +19,10 @@ Expired rows are ignored on read and purged a bounded batch at a time on each cl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -71,25 +74,34 @@ _IDEM_COLUMNS = "fp, owner, state, meta, data, lease"
 class SqliteStore:
     def __init__(self, path: str):
         self._path = path
-        # One thread owns the connection: SQLite calls never run on the event loop.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="savepoint-sqlite")
-        self._db: sqlite3.Connection | None = None
+        # SQLite calls never run on the event loop: one thread writes, one reads, each on a
+        # connection of its own, so that a read never waits behind a write (or the WAL
+        # checkpoint a write sets off): WAL lets readers run alongside the writer.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="savepoint-sqlite-w")
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="savepoint-sqlite-r")
+        self._here = threading.local()  # each thread's connection
+        # Writes under way, by what they write: a read of the same entry waits for them, so
+        # that a caller reads its own writes, as it would with one thread doing both.
+        self._writing: dict[str, asyncio.Event] = {}
 
     def describe(self) -> str:
         return f"sqlite {self._path}"
 
     async def open(self) -> None:
-        await self._run(self._open)
+        await self._run(self._connection)
 
-    def _open(self) -> None:
-        directory = os.path.dirname(self._path)
-        if directory:
+    def _open(self) -> sqlite3.Connection:
+        """This thread's connection; the writer's also creates the file and its schema."""
+        writer = threading.current_thread().name.startswith("savepoint-sqlite-w")
+        if writer and (directory := os.path.dirname(self._path)):
             os.makedirs(directory, exist_ok=True)
         db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
         try:
+            db.execute("PRAGMA busy_timeout=2000")
+            if not writer:
+                return db
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA busy_timeout=2000")
             db.execute(
                 "CREATE TABLE IF NOT EXISTS ejections "
                 "(target TEXT PRIMARY KEY, until REAL, since REAL)"
@@ -102,7 +114,7 @@ class SqliteStore:
         except BaseException:
             db.close()
             raise
-        self._db = db
+        return db
 
     async def ping(self) -> None:
         await self._run(self._ping)
@@ -131,7 +143,7 @@ class SqliteStore:
             found.update({target: until - now for target, until in rows})
 
         if targets:
-            await self._run(read)
+            await self._run(read, read=True)
         return found
 
     async def cache_get(self, key: str, group: str) -> bytes | None:
@@ -140,7 +152,7 @@ class SqliteStore:
             row = self._connection().execute(sql, (group, key, time.time())).fetchone()
             return None if row is None else bytes(row[0])
 
-        return await self._run(read)
+        return await self._read(f"cache:{group}:{key}", read)
 
     async def cache_put(
         self, key: str, value: bytes, ttl: float, group: str, max_entries: int
@@ -179,7 +191,7 @@ class SqliteStore:
                     ).rowcount
                     _count(db, group, -evicted)
 
-        await self._run(write)
+        await self._write(f"cache:{group}:{key}", write)
 
     async def cache_delete(self, key: str, group: str) -> None:
         def delete() -> None:
@@ -192,7 +204,7 @@ class SqliteStore:
                 if gone:
                     _count(db, group, -gone)
 
-        await self._run(delete)
+        await self._write(f"cache:{group}:{key}", delete)
 
     async def journal_get(self, run: str, step: str) -> bytes | None:
         def read() -> bytes | None:
@@ -200,7 +212,7 @@ class SqliteStore:
             row = self._connection().execute(sql, (run, step, time.time())).fetchone()
             return None if row is None else bytes(row[0])
 
-        return await self._run(read)
+        return await self._read(f"run:{run}", read)
 
     async def journal_put(self, run: str, step: str, value: bytes, meta: bytes, ttl: float) -> None:
         def write() -> None:
@@ -229,7 +241,7 @@ class SqliteStore:
                 for table in _JOURNAL_TABLES:
                     db.execute(f"UPDATE {table} SET expires = ? WHERE run = ?", (expires, run))
 
-        await self._run(write)
+        await self._write(f"run:{run}", write)
 
     async def journal_steps(self, run: str) -> list[bytes]:
         def read() -> list[bytes]:
@@ -237,7 +249,7 @@ class SqliteStore:
             rows = self._connection().execute(sql, (run, time.time())).fetchall()
             return [bytes(row[0]) for row in rows]
 
-        return await self._run(read)
+        return await self._read(f"run:{run}", read)
 
     async def journal_count(self, run: str, counter: str, ttl: float) -> int:
         def write() -> int:
@@ -257,7 +269,7 @@ class SqliteStore:
                 )
             return int(row[0])
 
-        return await self._run(write)
+        return await self._write(f"run:{run}", write)
 
     async def journal_drop(self, run: str) -> int:
         def delete() -> int:
@@ -271,7 +283,7 @@ class SqliteStore:
                     db.execute(f"DELETE FROM {table} WHERE run = ?", (run,))
             return live
 
-        return await self._run(delete)
+        return await self._write(f"run:{run}", delete)
 
     async def idem_claim(
         self, key: str, fingerprint: str, owner: str, lease: float, ttl: float
@@ -315,7 +327,7 @@ class SqliteStore:
             )
             return None if row is None else _record(row, now)
 
-        return await self._run(read)
+        return await self._run(read, read=True)
 
     async def idem_write(
         self, key: str, owner: str, meta: bytes, data: bytes, lease: float
@@ -358,21 +370,43 @@ class SqliteStore:
         return list(self._connection().execute(sql, args).fetchall())
 
     def _connection(self) -> sqlite3.Connection:
-        if self._db is None:
-            self._open()  # opening failed at start (say, an unwritable directory): try again
-        assert self._db is not None
-        return self._db
+        db: sqlite3.Connection | None = getattr(self._here, "db", None)
+        if db is None:  # first use, or opening failed before (say, an unwritable directory)
+            db = self._here.db = self._open()
+        return db
+
+    def _close_here(self) -> None:
+        db = getattr(self._here, "db", None)
+        if db is not None:
+            db.close()
+            self._here.db = None
 
     async def close(self) -> None:
-        if self._db is not None:
-            await self._run(self._db.close)
-            self._db = None
-        self._executor.shutdown(wait=False)
+        for read in (True, False):
+            with contextlib.suppress(StoreUnavailable):
+                await self._run(self._close_here, read=read)
+        self._reader.shutdown(wait=False)
+        self._writer.shutdown(wait=False)
 
-    async def _run(self, fn: Callable[[], T]) -> T:
+    async def _write(self, scope: str, fn: Callable[[], T]) -> T:
+        done = self._writing[scope] = asyncio.Event()
+        try:
+            return await self._run(fn)
+        finally:
+            done.set()
+            if self._writing.get(scope) is done:
+                del self._writing[scope]
+
+    async def _read(self, scope: str, fn: Callable[[], T]) -> T:
+        writing = self._writing.get(scope)
+        if writing is not None:  # the writer runs in order: the last write is the one to wait for
+            await writing.wait()
+        return await self._run(fn, read=True)
+
+    async def _run(self, fn: Callable[[], T], read: bool = False) -> T:
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, fn)
+            return await loop.run_in_executor(self._reader if read else self._writer, fn)
         except (sqlite3.Error, OSError) as e:
             raise StoreUnavailable(f"SQLite store {self._path}: {e}") from None
 

@@ -281,9 +281,16 @@ def test_duplicates_spread_over_three_gateways_on_redis_make_one_call(
     policy = _policy('{kind: redis, url: "redis://127.0.0.1:6379/0"}', scope)
     three = [gateways.start(policy, shared=False) for _ in range(3)]
     try:
-        answers = asyncio.run(_together(three, _key(), 51, stream=False))
+        key = _key()
+        answers = asyncio.run(_together(three, key, 51, stream=False))
         assert gateways.mock.scope_count(scope) == 1
         assert len({body for _, body in answers}) == 1
+        time.sleep(0.2)
+        for g in three:  # finished: every replica replays it, from the store or from memory
+            again = _ask(_client(g, key))
+            assert again.headers["idempotent-replayed"] == "true"
+            assert again.text == answers[0][1]
+        assert gateways.mock.scope_count(scope) == 1
         streams = asyncio.run(_together(three, _key(), 51, stream=True))
         assert gateways.mock.scope_count(scope + "-s") == 1
         assert all(s == streams[0] for s in streams)
