@@ -21,15 +21,17 @@ from gateway.config.schema import ModelSpec, Policy
 from gateway.decide.auth import authenticate
 from gateway.decide.calls import parse_call
 from gateway.decide.routing import resolve_model
+from gateway.decide.runs import check_run_headers
 from gateway.downstream import Downstream
 from gateway.errors import GatewayUnavailable
 from gateway.lifecycle import SHUTDOWN, Drain
 from gateway.model import Call, Endpoint, Principal, Trace
-from gateway.stages.cache import CachePlan, ResponseCache
+from gateway.stages.cache import ResponseCache
 from gateway.stages.capture import Capture
 from gateway.stages.dispatch import Dispatcher
-from gateway.stages.idempotency import Idempotency, Lead
-from gateway.stages.runs import RunJournal, RunStep
+from gateway.stages.idempotency import Idempotency
+from gateway.stages.lead import Lead
+from gateway.stages.runs import RunJournal
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,23 +78,26 @@ class Pipeline:
 
     async def _answer(
         self,
+        principal: Principal,
         spec: ModelSpec,
         call: Call,
         raw: bytes,
+        inbound: Inbound,
         trace: Trace,
         downstream: Downstream,
-        step: RunStep | None,
-        plan: CachePlan | None,
         lead: Lead | None,
     ) -> None:
         """Answer from the run journal, the cache, or live; keep a complete live answer for
-        the cache and the journal; settle the request's `Idempotency-Key` with the answer."""
-        capture = None
-        if step is not None or plan is not None or lead is not None:
-            detach = step is not None or lead is not None
-            capture = Capture(_KEEP_LIMIT, detach=detach, tee=lead.publish if lead else None)
+        the cache and the journal; settle the request's `Idempotency-Key` with the answer,
+        whatever happens."""
+        capture: Capture | None = None
         error: BaseException | None = None
         try:
+            step = await self._runs.step(principal, spec, call, inbound.run, inbound.attempt)
+            plan = self._cache.plan(spec, principal, call, inbound.cache_control)
+            if step is not None or plan is not None or lead is not None:
+                detach = step is not None or lead is not None
+                capture = Capture(_KEEP_LIMIT, detach=detach, tee=lead.publish if lead else None)
             if step is not None and await self._runs.replay(step, call, trace, downstream, capture):
                 return
             hit = await self._cache.answer(plan, call, trace, downstream, capture) if plan else None
@@ -148,6 +153,7 @@ class Pipeline:
             call = parse_call(inbound.endpoint, raw, inbound.read_timeout)
             trace.model, trace.stream = call.model, call.stream
             spec = resolve_model(self._policy, principal, call.model)
+            check_run_headers(inbound.run, inbound.attempt)
             # admit: rate limits, budgets, loop guard (issue 5)
             lead = None
             if inbound.idempotency_key is not None:
@@ -156,10 +162,8 @@ class Pipeline:
                 )
                 if lead is None:  # replayed, or attached to the same request in flight
                     return
-            step = await self._runs.step(principal, spec, call, inbound.run, inbound.attempt)
-            plan = self._cache.plan(spec, principal, call, inbound.cache_control)
-            answer = self._answer(spec, call, raw, trace, downstream, step, plan, lead)
-            if step is None and lead is None:
+            answer = self._answer(principal, spec, call, raw, inbound, trace, downstream, lead)
+            if inbound.run is None and lead is None:
                 await answer
             else:  # a call someone means to retry: it goes on if its client leaves
                 await self._detachable(answer, trace)

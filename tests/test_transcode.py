@@ -566,6 +566,24 @@ def test_complete_accepts_only_finished_successful_answers(
     assert complete(endpoint, body) is worth_caching
 
 
+@pytest.mark.parametrize(
+    ("endpoint", "body", "kept_for_its_key"),
+    [
+        (Endpoint.CHAT, _finishes("stop", "length"), True),  # the same request stops the same way
+        (Endpoint.CHAT, _finishes("content_filter", "stop"), True),
+        (Endpoint.CHAT, _finishes("stop", "stop"), True),
+        (Endpoint.CHAT, b'{"error": {"message": "overloaded", "type": "server_error"}}', False),
+        (Endpoint.CHAT, orjson.dumps({**TWO_CHOICES_BODY, "choices": []}), False),
+        (Endpoint.RESPONSES, orjson.dumps(_RESPONSE | {"status": "incomplete"}), True),
+        (Endpoint.RESPONSES, orjson.dumps(_RESPONSE | {"status": "failed"}), False),
+    ],
+)
+def test_complete_cut_short_also_accepts_answers_stopped_by_a_limit(
+    endpoint: Endpoint, body: bytes, kept_for_its_key: bool
+) -> None:
+    assert complete(endpoint, body, cut_short=True) is kept_for_its_key
+
+
 def test_embeddings_never_stream() -> None:
     with pytest.raises(ValueError):
         assemble(Endpoint.EMBEDDINGS, b"data: [DONE]\n\n")

@@ -35,5 +35,6 @@ def record_key(client: str, key: str) -> str:
 
 
 def kept(status: int, complete: bool) -> bool:
-    """Whether an answer is kept for replay: complete 2xx, or a deterministic 4xx."""
-    return (200 <= status < 300 and complete) or status in DETERMINISTIC
+    """Whether an answer is kept for replay: a complete 2xx, or a deterministic 4xx (whole,
+    within the size limit)."""
+    return complete and (200 <= status < 300 or status in DETERMINISTIC)

@@ -7,9 +7,10 @@ exactly floor(N*r) of the first N requests are picked, spread evenly. With neith
 set, every request is picked.
 
 Fault (`decide`): a picked request gets the first fault knob that is set, in the order
-hang > status > cut_after > stall_after > malformed > truncate. A whole-body answer under
-`stall_after` is healthy (use `hang`). A selector with no fault knob means
-status 500, so `--fail-ratio 0.1` alone fails one request in ten with a server error.
+hang > status > cut_after > stall_after > error_event_after > malformed > truncate. A
+whole-body answer under `stall_after` or `error_event_after` is healthy (use `hang`,
+`status`). A selector with no fault knob means status 500, so `--fail-ratio 0.1` alone fails
+one request in ten with a server error.
 
 Script (`script_body`, `script_events`): the frames to write after the headers and whether to
 end the body cleanly or abort the connection. `truncate` only changes streams; a whole-body
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+import orjson
 
 from .knobs import Knobs
 from .plan import Body, Events
@@ -54,6 +57,11 @@ class Stall:
 
 
 @dataclass(frozen=True, slots=True)
+class ErrorEvent:
+    after: int  # content chunks sent before the stream's error event
+
+
+@dataclass(frozen=True, slots=True)
 class Malformed:
     pass
 
@@ -63,7 +71,7 @@ class Truncate:
     pass
 
 
-Fault = Healthy | Fail | Hang | Cut | Stall | Malformed | Truncate
+Fault = Healthy | Fail | Hang | Cut | Stall | ErrorEvent | Malformed | Truncate
 HEALTHY = Healthy()
 _EPSILON = 1e-9  # so that 0.3 * 10 counts as 3, not 2.9999999999999996
 
@@ -84,6 +92,7 @@ def _has_fault(k: Knobs) -> bool:
         or k.status is not None
         or k.cut_after is not None
         or k.stall_after is not None
+        or k.error_event_after is not None
         or k.malformed
         or k.truncate
     )
@@ -104,6 +113,8 @@ def decide(knobs: Knobs, n: int) -> Fault:
         return Cut(knobs.cut_after)
     if knobs.stall_after is not None:
         return Stall(knobs.stall_after)
+    if knobs.error_event_after is not None:
+        return ErrorEvent(knobs.error_event_after)
     if knobs.malformed:
         return Malformed()
     return Truncate()
@@ -135,8 +146,27 @@ def script_events(events: Events, fault: Fault) -> Script:
         return Script(head + content[: fault.after], abort=True)
     if isinstance(fault, Stall):
         return Script(head + content[: fault.after], stall=True)
+    if isinstance(fault, ErrorEvent):
+        return Script(head + content[: fault.after] + _error_event(events))
     if isinstance(fault, Malformed):
         return Script(head + content[:1] + (events.malformed,) + content[1:] + tail)
     if isinstance(fault, Truncate):
         return Script(head + content)
     return Script(head + content + tail)
+
+
+_STREAM_ERROR = {
+    "message": "the mock ended this stream with an error (error_event_after)",
+    "type": "server_error",
+    "param": None,
+    "code": "server_error",
+}
+
+
+def _error_event(events: Events) -> tuple[bytes, ...]:
+    """How a provider reports an error in the middle of a stream: a typed `error` event
+    (Responses), or an event whose data holds `error`, then `[DONE]` (chat, completions)."""
+    if events.tail and events.tail[-1].startswith(b"event:"):
+        typed = orjson.dumps({**_STREAM_ERROR, "type": "error", "error": _STREAM_ERROR})
+        return (b"event: error\ndata: " + typed + b"\n\n",)
+    return (b"data: " + orjson.dumps({"error": _STREAM_ERROR}) + b"\n\n", b"data: [DONE]\n\n")

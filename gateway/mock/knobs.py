@@ -53,6 +53,7 @@ class Knobs:
     hang: bool = False  # never answer; end when the client goes away
     cut_after: int | None = None  # abort the connection after this many content chunks
     stall_after: int | None = None  # a stream goes silent after this many content chunks
+    error_event_after: int | None = None  # a stream ends with an error event after this many
     malformed: bool = False  # invalid JSON body, or one invalid JSON event in a stream
     truncate: bool = False  # end a stream cleanly without finish chunk and terminator
     # Selector: which requests of the scope get the fault (1-based request numbers).
@@ -174,6 +175,13 @@ _SPECS: tuple[_Spec, ...] = (
         "stall_after",
         _int_in(0, 100_000, "a chunk count >= 0"),
         "fault: a stream goes silent after this many content chunks, until the client leaves",
+        optional=True,
+    ),
+    _Spec(
+        "error_event_after",
+        _int_in(0, 100_000, "a chunk count >= 0"),
+        "fault: a stream ends with an error event (chat: then [DONE]) after this many content "
+        "chunks",
         optional=True,
     ),
     _Spec("malformed", _flag, "fault: invalid JSON body, or one invalid stream event", flag=True),

@@ -35,12 +35,14 @@ class Capture:
             return
         self.events += run
 
-    def answer(self, endpoint: Endpoint) -> bytes | None:
+    def answer(self, endpoint: Endpoint, cut_short: bool = False) -> bytes | None:
         """The answer in its one stored form (the whole body), if it is complete, successful
-        and within the limit; else None: nothing that failed or was cut is ever kept."""
+        and within the limit; else None: nothing that failed or broke off is ever kept.
+        `cut_short`: an answer stopped by `max_tokens` or a content filter counts as complete
+        (see `transcode.complete`)."""
         if not self.complete or self.too_big or self.status != 200:
             return None
         body = self.body if self.body is not None else assemble(endpoint, bytes(self.events))
-        if body is None or len(body) > self.limit or not complete(endpoint, body):
+        if body is None or len(body) > self.limit or not complete(endpoint, body, cut_short):
             return None
         return body

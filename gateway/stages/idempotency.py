@@ -12,9 +12,10 @@ which says to retry) and the next request with the key executes afresh.
 
 The lead's lease is renewed every third of `idempotency.lease`. When the lead's gateway dies,
 the lease lapses and the next request with the key takes it over and executes once. A
-follower that has not started answering takes over too (it does not start following a
-stream whose lease is down to half: a live lead renews it long before); one that already
-streamed part of the dead lead's answer ends its stream with a retryable error event.
+follower that has not started answering takes over too (it starts following a stream held
+elsewhere only once the lead shows it is alive: its log grows or its lease is renewed); one
+that already streamed part of the dead lead's answer ends its stream with a retryable error
+event.
 
 The same key with another request (method, path, canonical body) is refused with 422. A
 follower that waited `idempotency.wait` (cut to the client's own deadline) for a lead that
@@ -25,15 +26,12 @@ key to this process: duplicates here still attach, replicas cannot see the recor
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import math
 import os
 import secrets
 import socket
 import time
-from collections import OrderedDict
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import orjson
@@ -41,7 +39,7 @@ import orjson
 from gateway.breakers import EventSink
 from gateway.config.schema import IdempotencySpec
 from gateway.decide.deadlines import client_budget
-from gateway.decide.idempotency import kept, parse_key, record_key
+from gateway.decide.idempotency import parse_key, record_key
 from gateway.decide.keys import fingerprint
 from gateway.decide.usage import usage_from_body, usage_from_run
 from gateway.downstream import Downstream
@@ -49,154 +47,19 @@ from gateway.errors import (
     IdempotencyConflict,
     IdempotencyKeyReused,
     InvalidRequest,
-    SavepointError,
-    UpstreamError,
     error_event,
     error_object,
-    shape_of,
 )
-from gateway.model import Call, Principal, Trace
-from gateway.stages.capture import Capture
+from gateway.model import Call, Endpoint, Principal, Trace
 from gateway.stages.guard import StoreGuard
+from gateway.stages.lead import LOST, Lead, Recent, View, failure
 from gateway.stages.relay import JSON, SSE_HEADERS
 from gateway.stores.base import IdemRecord, Store
 
 REPLAYED = "idempotent-replayed"
 _RECENT_TTL, _RECENT_BYTES = 30.0, 32 * 1024 * 1024  # finished records kept in memory
 _RETRY_SOON = {"retry-after": "1", "retry-after-ms": "1000", "x-should-retry": "true"}
-_RECENT_TTL, _RECENT_BYTES = 30.0, 32 * 1024 * 1024  # finished records kept in memory
-_RETRY_SOON = {"retry-after": "1", "retry-after-ms": "1000", "x-should-retry": "true"}
 _POLL_FIRST, _POLL_MAX = 0.005, 0.1  # a remote follower's polling, backing off
-_LOST = UpstreamError(
-    "the request this one was attached to (same Idempotency-Key) failed before it completed; "
-    "retry with the same key to run it again",
-    headers={"x-should-retry": "true"},
-)
-
-
-@dataclass(frozen=True, slots=True)
-class _View:
-    """A record as a follower sees it, wherever the lead runs."""
-
-    fingerprint: str
-    owner: str
-    state: str  # running, done, failed
-    meta: dict[str, Any] | None  # status, headers, stream (and error, once failed)
-    data: bytes  # the answer from the follower's offset on
-    lease: float  # seconds left
-
-
-class Lead:
-    """The request executing for its key. `publish` is its capture's tee; `settle` ends it."""
-
-    def __init__(self, key: str, fp: str, owner: str, stage: Idempotency, recorded: bool):
-        self.key, self.fingerprint, self.owner = key, fp, owner
-        self.state = "running"
-        self.meta: dict[str, Any] | None = None
-        self.log = bytearray()
-        self.version = 0  # bumped on every change, for local followers
-        self._changed = asyncio.Event()
-        self._stage = stage
-        self._pending = bytearray()  # published, not yet in the store
-        self._pending_meta = b""
-        self._final: tuple[str, bytes] | None = None  # (state, meta) to end the record with
-        self._wake = asyncio.Event()
-        if recorded:
-            stage.guard.later(self._write())
-
-    def view(self, offset: int) -> _View:
-        return _View(self.fingerprint, self.owner, self.state, self.meta,
-                     bytes(self.log[offset:]), math.inf)  # fmt: skip
-
-    async def changed(self, since: int, at_most: float) -> None:
-        """Wait (at most `at_most` seconds) for a change after `version` `since`."""
-        if self.version == since:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), at_most)
-
-    def publish(self, headers: Mapping[str, str], run: bytes) -> None:
-        """A run of the stream, as it goes to the client."""
-        if self.meta is None:
-            self._set_meta({"status": 200, "headers": dict(headers), "stream": True})
-        self.log += run
-        self._pending += run
-        self._notify()
-
-    def settle(self, capture: Capture | None, error: BaseException | None) -> None:
-        """The request is over: keep its answer, or mark it failed."""
-        if self.state != "running":
-            return
-        status = capture.status if capture is not None else 0
-        whole = capture is not None and capture.body is not None
-        complete = capture is not None and capture.complete and not capture.too_big
-        if error is None and capture is not None and status and kept(status, complete):
-            if whole:
-                assert capture.body is not None
-                self._set_meta({"status": status, "headers": dict(capture.headers),
-                                "stream": False})  # fmt: skip
-                self.log += capture.body
-                self._pending += capture.body
-            self.state = "done"
-        else:
-            self._set_meta(_failure(capture, error))
-            self.state = "failed"
-        self._final = (self.state, self._pending_meta or orjson.dumps(self.meta))
-        if self.state == "done":
-            self._stage.recent.put(self.key, self.view(0))
-        self._stage.ended(self)
-        self._notify()
-        self._wake.set()
-
-    def _set_meta(self, meta: dict[str, Any]) -> None:
-        self.meta = meta
-        self._pending_meta = orjson.dumps(meta)
-
-    def _notify(self) -> None:
-        self.version += 1
-        self._changed.set()
-        self._changed = asyncio.Event()
-        self._wake.set()
-
-    async def _write(self) -> None:
-        """Carry what is published to the store, in batches (what piles up while a write is
-        on its way goes with the next), renew the lease when idle, end the record last."""
-        stage, spec = self._stage, self._stage.spec
-        while self._final is None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), spec.lease / 3)
-            self._wake.clear()
-            if self._final is not None:
-                break
-            meta, data = self._take()
-            ok, owned = await stage.guard.call(
-                stage.store.idem_write(self.key, self.owner, meta, data, spec.lease)
-            )
-            if not ok:  # put it back: the log must have no gap
-                self._pending[:0], self._pending_meta = data, self._pending_meta or meta
-            elif not owned:  # our lease lapsed and another request took the key over
-                stage.events({"event": "idempotency_lost", "owner": self.owner})
-                return
-        state, meta = self._final
-        _, data = self._take()
-        ttl = spec.retention if state == "done" else spec.lease
-        await stage.guard.call(stage.store.idem_end(self.key, self.owner, state, meta, data, ttl))
-
-    def _take(self) -> tuple[bytes, bytes]:
-        meta, data = self._pending_meta, bytes(self._pending)
-        self._pending_meta, self._pending = b"", bytearray()
-        return meta, data
-
-
-def _failure(capture: Capture | None, error: BaseException | None) -> dict[str, Any]:
-    """The meta of a failed record: what its followers answer (a retryable error)."""
-    if isinstance(error, SavepointError):
-        return {"status": shape_of(error).status, "headers": error.headers,
-                "error": error_object(error)}  # fmt: skip
-    if capture is not None and capture.status >= 400 and capture.body is not None:
-        with contextlib.suppress(orjson.JSONDecodeError, TypeError, KeyError):
-            obj = orjson.loads(capture.body)["error"]
-            return {"status": capture.status, "headers": dict(capture.headers), "error": obj}
-    return {"status": 502, "headers": _LOST.headers, "error": error_object(_LOST)}
 
 
 class _Remote:
@@ -206,18 +69,29 @@ class _Remote:
         self._stage, self._key = stage, key
         self._first: IdemRecord | None = first
         self._poll = _POLL_FIRST
+        self._last: View | None = None
+        self._lease_ends = 0.0  # when the lease last seen runs out, by our clock
+        self.proven = False  # the lead did something since we first looked
 
-    async def view(self, offset: int) -> _View | None:
+    async def view(self, offset: int) -> View | None:
         record, self._first = self._first, None  # the claim's answer first (offset 0)
         if record is None:
-            ok, record = await self._stage.guard.call(
-                self._stage.store.idem_read(self._key, offset)
-            )
-            if not ok or record is None:
+            store = self._stage.store
+            ok, record = await self._stage.guard.call(store.idem_read(self._key, offset))
+            if not ok:  # no news: the lead may well be alive, wait while its lease may run
+                alive = self._last is not None and time.monotonic() < self._lease_ends
+                return replace(self._last, data=b"") if alive and self._last else None
+            if record is None:
                 return None
         meta = orjson.loads(record.meta) if record.meta else None
-        view = _View(record.fingerprint, record.owner, record.state, meta, record.data,
+        view = View(record.fingerprint, record.owner, record.state, meta, record.data,
                      record.lease)  # fmt: skip
+        lease_ends = time.monotonic() + view.lease
+        if self._last is not None and view.owner == self._last.owner:
+            grew = offset == 0 and len(view.data) > len(self._last.data)
+            renewed = lease_ends - self._lease_ends > self._stage.spec.lease / 10
+            self.proven = self.proven or grew or renewed or bool(offset and view.data)
+        self._last, self._lease_ends = view, lease_ends
         if view.state == "done" and offset == 0:
             self._stage.recent.put(self._key, view)
         return view
@@ -230,11 +104,13 @@ class _Remote:
 class _Local:
     """A lead in this process."""
 
+    proven = True  # alive: it is here
+
     def __init__(self, lead: Lead):
         self._lead = lead
         self._seen = lead.version
 
-    async def view(self, offset: int) -> _View | None:
+    async def view(self, offset: int) -> View | None:
         self._seen = self._lead.version
         return self._lead.view(offset)
 
@@ -243,12 +119,14 @@ class _Local:
 
 
 class _Finished:
-    """A finished record this process saw lately (see `_Recent`)."""
+    """A finished record this process saw lately (see `Recent`)."""
 
-    def __init__(self, view: _View):
+    proven = True
+
+    def __init__(self, view: View):
         self._view = view
 
-    async def view(self, offset: int) -> _View | None:
+    async def view(self, offset: int) -> View | None:
         return replace(self._view, data=self._view.data[offset:])
 
     async def changed(self, at_most: float) -> None:
@@ -256,41 +134,7 @@ class _Finished:
 
 
 _Source = _Remote | _Local | _Finished
-
-
-class _Recent:
-    """Finished records this process saw lately, newest last, within a byte bound. A finished
-    record never changes (until it expires), so a burst of retries of one key is answered
-    from here without a store round trip; `ttl` bounds how long a replica may go on replaying
-    a record after it expired in the store."""
-
-    def __init__(self, ttl: float, max_bytes: int):
-        self._ttl, self._max_bytes = ttl, max_bytes
-        self._views: OrderedDict[str, tuple[float, _View]] = OrderedDict()
-        self._bytes = 0
-
-    def get(self, key: str) -> _View | None:
-        found = self._views.get(key)
-        if found is None:
-            return None
-        if found[0] < time.monotonic():
-            self._drop(key)
-            return None
-        return found[1]
-
-    def put(self, key: str, view: _View) -> None:
-        if len(view.data) > self._max_bytes // 4:
-            return
-        if key in self._views:
-            self._drop(key)
-        self._views[key] = (time.monotonic() + self._ttl, view)
-        self._bytes += len(view.data)
-        while self._bytes > self._max_bytes:
-            self._drop(next(iter(self._views)))
-
-    def _drop(self, key: str) -> None:
-        _, view = self._views.pop(key)
-        self._bytes -= len(view.data)
+_Claimed = tuple[bool, IdemRecord | None]
 
 
 class Idempotency:
@@ -300,7 +144,7 @@ class Idempotency:
         self._instance = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
         self._leads: dict[str, Lead] = {}  # keys led in this process
         self._claiming: dict[str, asyncio.Event] = {}  # keys being claimed in this process
-        self.recent = _Recent(min(_RECENT_TTL, spec.retention), _RECENT_BYTES)
+        self.recent = Recent(min(_RECENT_TTL, spec.retention), _RECENT_BYTES)
 
     async def lead(
         self, principal: Principal, call: Call, header: str, trace: Trace, downstream: Downstream
@@ -319,7 +163,7 @@ class Idempotency:
         fp = fingerprint("POST", call.endpoint.path, call.body)
         deadline = time.monotonic() + min(self.spec.wait, client_budget(call.read_timeout))
         while True:
-            found = await self._claim(key, fp, trace)
+            found = await self._claim(key, fp, call.endpoint, trace)
             if isinstance(found, Lead):
                 trace.idempotency = "executed"
                 return found
@@ -334,32 +178,48 @@ class Idempotency:
     async def close(self) -> None:
         await self.guard.close()
 
-    async def _claim(self, key: str, fp: str, trace: Trace) -> Lead | _Source:
+    async def _claim(self, key: str, fp: str, endpoint: Endpoint, trace: Trace) -> Lead | _Source:
         while True:
             if (finished := self.recent.get(key)) is not None:
                 return _Finished(finished)
-            if (claiming := self._claiming.get(key)) is None:
+            if (claiming := self._claiming.get(key)) is not None:
+                await claiming.wait()  # one claim per key at a time in this process
+                continue
+            local = self._leads.get(key)
+            if local is None:
                 break
-            await claiming.wait()  # one claim per key at a time in this process
-        local = self._leads.get(key)
-        if local is not None:
-            return _Local(local)
+            if local.state != "failed":
+                return _Local(local)
+            await local.finished.wait()  # a failed lead frees its key once the store knows
         self._claiming[key] = claiming = asyncio.Event()
         try:
             owner = f"{self._instance}/{trace.request_id}"
             spec = self.spec
-            ok, record = await self.guard.call(
-                self.store.idem_claim(key, fp, owner, spec.lease, spec.retention)
+            claim = asyncio.ensure_future(
+                self.guard.call(self.store.idem_claim(key, fp, owner, spec.lease, spec.retention))
             )
+            try:
+                ok, record = await asyncio.shield(claim)
+            except asyncio.CancelledError:  # the claim goes on: give back what it may take
+                claim.add_done_callback(partial(self._give_back, key, owner))
+                raise
             if not ok:
                 trace.extra_headers["x-savepoint-degraded"] = "store"
             if record is not None:
                 return _Remote(self, key, record)
-            lead = self._leads[key] = Lead(key, fp, owner, self, recorded=ok)
+            lead = self._leads[key] = Lead(key, fp, owner, endpoint, self, recorded=ok)
             return lead
         finally:
             del self._claiming[key]
             claiming.set()
+
+    def _give_back(self, key: str, owner: str, claim: asyncio.Future[_Claimed]) -> None:
+        """A request cancelled while it claimed its key: fail the record if the claim took it,
+        so that the key is free at once rather than after a lease."""
+        if claim.cancelled() or claim.exception() is not None or claim.result() != (True, None):
+            return
+        meta = orjson.dumps(failure(None, None))
+        self.guard.later(self.store.idem_end(key, owner, "failed", meta, b"", self.spec.lease))
 
     async def _follow(
         self,
@@ -380,7 +240,7 @@ class Idempotency:
             if view is None or (view.state == "running" and view.lease <= 0):
                 if not committed:
                     return False
-                await downstream.write(error_event(error_object(_LOST), call.endpoint.typed_events))
+                await downstream.write(error_event(error_object(LOST), call.endpoint.typed_events))
                 await downstream.finish()
                 return True
             if view.fingerprint != fp:
@@ -406,9 +266,10 @@ class Idempotency:
                     headers = {**self._headers(trace, meta), "Content-Type": JSON}
                     await downstream.reply(meta["status"], headers, body)
                 return True
-            # a lead that is alive renews its lease every third of it: one whose lease is down
-            # to half has stalled or died, and its stream is not worth starting to follow
-            alive = committed or view.lease > self.spec.lease / 2
+            # a stream is followed only once its lead has shown it is alive (its log grew or
+            # its lease was renewed since we looked first): the lease of a lead that just died
+            # may still run for a while, and its stream will never end
+            alive = committed or source.proven
             if meta is not None and (
                 view.state == "done" or (meta["stream"] and view.data and alive)
             ):

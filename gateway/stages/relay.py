@@ -128,7 +128,7 @@ async def relay_stream(
     finally:
         events.close()
     if not downstream.gone:
-        await downstream.finish()
+        await _send(downstream.finish(), capture)
 
 
 async def _send(sending: Awaitable[None], capture: Capture | None) -> bool:

@@ -137,17 +137,36 @@ class Store(Protocol):
         ...
 
     async def idem_write(
-        self, key: str, owner: str, meta: bytes, data: bytes, lease: float
+        self,
+        key: str,
+        owner: str,
+        meta: bytes,
+        data: bytes,
+        lease: float,
+        at: int | None = None,
     ) -> bool:
         """As the owner of a running record: set its meta (unless `meta` is b""), append
-        `data` to its log and renew its lease for `lease` seconds. False, changing nothing,
-        if the record is absent, not running, or `owner` no longer owns it."""
+        `data` to its log, renew its lease for `lease` seconds and keep the record at least
+        that long. False, changing nothing, if the record is absent, not running, or `owner`
+        no longer owns it.
+
+        With `at`, `data` is the log from byte `at` on: the part of it the log already holds
+        (a write reported as failed that did land) is not appended again; a log shorter than
+        `at` changes nothing and gives False.
+        """
         ...
 
     async def idem_end(
-        self, key: str, owner: str, state: str, meta: bytes, data: bytes, ttl: float
+        self,
+        key: str,
+        owner: str,
+        state: str,
+        meta: bytes,
+        data: bytes,
+        ttl: float,
+        at: int | None = None,
     ) -> bool:
         """As the owner of a running record: set its state (`done` or `failed`) and meta,
-        append `data` to its log, and make it expire `ttl` seconds from now. False, changing
-        nothing, under the same conditions as `idem_write`."""
+        append `data` to its log (`at` as in `idem_write`), and make it expire `ttl` seconds
+        from now. False, changing nothing, under the same conditions as `idem_write`."""
         ...

@@ -134,40 +134,65 @@ return {r[1], r[2], r[3], r[4], redis.call('GETRANGE', KEYS[2], ARGV[1], -1), to
 """
 )
 
-# ARGV owner, meta, data, lease (ms); returns 1 if written.
-_IDEM_WRITE = (
-    _NOW
-    + """
+# ARGV owner, then (write) meta, data, lease (ms), at or (end) state, meta, data, ttl (ms), at.
+# `at` ('' for none): where `data` starts in the log; what the log already holds is skipped.
+_IDEM_OWNED = """
 local r = redis.call('HMGET', KEYS[1], 'owner', 'state')
 if r[1] ~= ARGV[1] or r[2] ~= 'running' then
+  return 0
+end
+local function tail(data, at)
+  if at == '' then
+    return data
+  end
+  local have = redis.call('STRLEN', KEYS[2]) - tonumber(at)
+  if have < 0 then
+    return nil
+  end
+  return string.sub(data, have + 1)
+end
+"""
+
+_IDEM_WRITE = (
+    _NOW
+    + _IDEM_OWNED
+    + """
+local data = tail(ARGV[3], ARGV[5])
+if data == nil then
   return 0
 end
 if ARGV[2] ~= '' then
   redis.call('HSET', KEYS[1], 'meta', ARGV[2])
 end
-if ARGV[3] ~= '' then
-  redis.call('APPEND', KEYS[2], ARGV[3])
+local lease = tonumber(ARGV[4])
+redis.call('HSET', KEYS[1], 'lease', now + lease)
+if redis.call('PTTL', KEYS[1]) < lease then
+  redis.call('PEXPIRE', KEYS[1], lease)
+end
+if data ~= '' then
+  redis.call('APPEND', KEYS[2], data)
   redis.call('PEXPIRE', KEYS[2], redis.call('PTTL', KEYS[1]))
 end
-redis.call('HSET', KEYS[1], 'lease', now + tonumber(ARGV[4]))
 return 1
 """
 )
 
-# ARGV owner, state, meta, data, ttl (ms); returns 1 if ended.
-_IDEM_END = """
-local r = redis.call('HMGET', KEYS[1], 'owner', 'state')
-if r[1] ~= ARGV[1] or r[2] ~= 'running' then
+_IDEM_END = (
+    _IDEM_OWNED
+    + """
+local data = tail(ARGV[4], ARGV[6])
+if data == nil then
   return 0
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'meta', ARGV[3])
-if ARGV[4] ~= '' then
-  redis.call('APPEND', KEYS[2], ARGV[4])
+if data ~= '' then
+  redis.call('APPEND', KEYS[2], data)
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
 return 1
 """
+)
 
 
 class RedisStore:
@@ -309,14 +334,29 @@ class RedisStore:
         return _record(await self._idem_call("read", key, [offset]))
 
     async def idem_write(
-        self, key: str, owner: str, meta: bytes, data: bytes, lease: float
+        self,
+        key: str,
+        owner: str,
+        meta: bytes,
+        data: bytes,
+        lease: float,
+        at: int | None = None,
     ) -> bool:
-        return bool(await self._idem_call("write", key, [owner, meta, data, _ms(lease)]))
+        args = [owner, meta, data, _ms(lease), "" if at is None else at]
+        return bool(await self._idem_call("write", key, args))
 
     async def idem_end(
-        self, key: str, owner: str, state: str, meta: bytes, data: bytes, ttl: float
+        self,
+        key: str,
+        owner: str,
+        state: str,
+        meta: bytes,
+        data: bytes,
+        ttl: float,
+        at: int | None = None,
     ) -> bool:
-        return bool(await self._idem_call("end", key, [owner, state, meta, data, _ms(ttl)]))
+        args = [owner, state, meta, data, _ms(ttl), "" if at is None else at]
+        return bool(await self._idem_call("end", key, args))
 
     async def _idem_call(self, name: str, key: str, args: list[Any]) -> Any:
         script = self._open_script(self._idem.get(name))

@@ -330,41 +330,70 @@ class SqliteStore:
         return await self._run(read, read=True)
 
     async def idem_write(
-        self, key: str, owner: str, meta: bytes, data: bytes, lease: float
+        self,
+        key: str,
+        owner: str,
+        meta: bytes,
+        data: bytes,
+        lease: float,
+        at: int | None = None,
     ) -> bool:
-        def write() -> bool:
-            now = time.time()
-            changed = (
-                self._connection()
-                .execute(
-                    "UPDATE idempotency SET meta = CASE WHEN length(?) > 0 THEN ? ELSE meta END, "
-                    "data = CAST(data || ? AS BLOB), lease = ? "
-                    "WHERE key = ? AND owner = ? AND state = 'running' AND expires > ?",
-                    (meta, meta, data, now + lease, key, owner, now),
-                )
-                .rowcount
+        def write(db: sqlite3.Connection, now: float, data: bytes) -> None:
+            db.execute(
+                "UPDATE idempotency SET meta = CASE WHEN length(?) > 0 THEN ? ELSE meta END, "
+                "data = CAST(data || ? AS BLOB), lease = ?, expires = max(expires, ?) "
+                "WHERE key = ?",
+                (meta, meta, data, now + lease, now + lease, key),
             )
-            return changed == 1
 
-        return await self._run(write)
+        return await self._run(lambda: self._owned(key, owner, data, at, write))
 
     async def idem_end(
-        self, key: str, owner: str, state: str, meta: bytes, data: bytes, ttl: float
+        self,
+        key: str,
+        owner: str,
+        state: str,
+        meta: bytes,
+        data: bytes,
+        ttl: float,
+        at: int | None = None,
     ) -> bool:
-        def end() -> bool:
-            now = time.time()
-            changed = (
-                self._connection()
-                .execute(
-                    "UPDATE idempotency SET state = ?, meta = ?, data = CAST(data || ? AS BLOB), "
-                    "expires = ? WHERE key = ? AND owner = ? AND state = 'running' AND expires > ?",
-                    (state, meta, data, now + ttl, key, owner, now),
-                )
-                .rowcount
+        def end(db: sqlite3.Connection, now: float, data: bytes) -> None:
+            db.execute(
+                "UPDATE idempotency SET state = ?, meta = ?, data = CAST(data || ? AS BLOB), "
+                "expires = ? WHERE key = ?",
+                (state, meta, data, now + ttl, key),
             )
-            return changed == 1
 
-        return await self._run(end)
+        return await self._run(lambda: self._owned(key, owner, data, at, end))
+
+    def _owned(
+        self,
+        key: str,
+        owner: str,
+        data: bytes,
+        at: int | None,
+        change: Callable[[sqlite3.Connection, float, bytes], None],
+    ) -> bool:
+        """Apply `change` to a running record `owner` owns, with the part of `data` (the log
+        from byte `at`) that the log does not hold yet; False if it is not `owner`'s."""
+        db, now = self._connection(), time.time()
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            row = db.execute(
+                "SELECT length(data) FROM idempotency WHERE key = ? AND owner = ? "
+                "AND state = 'running' AND expires > ?",
+                (key, owner, now),
+            ).fetchone()
+            if row is None:
+                return False
+            if at is not None:
+                have = row[0] - at
+                if have < 0:
+                    return False
+                data = data[have:]
+            change(db, now, data)
+        return True
 
     def _execute(self, sql: str, args: tuple[object, ...]) -> list[tuple[str, float]]:
         return list(self._connection().execute(sql, args).fetchall())

@@ -35,6 +35,7 @@ from .wire import read_events
 __all__ = ["assemble", "complete", "disassemble"]
 
 _FINISHED = ("stop", "tool_calls", "function_call")  # a tuple: `in` never hashes the value
+_CUT_SHORT = ("length", "content_filter")  # finished, but not by the model's own choice
 # What a JSON document of the wrong shape raises when read as an answer.
 _SHAPE_ERRORS = (LookupError, TypeError, AttributeError)
 
@@ -65,9 +66,10 @@ def disassemble(endpoint: Endpoint, body: bytes, include_usage: bool) -> bytes:
         raise ValueError(f"not a {endpoint.path} body: {e!r}") from e
 
 
-def complete(endpoint: Endpoint, body: bytes) -> bool:
+def complete(endpoint: Endpoint, body: bytes, cut_short: bool = False) -> bool:
     """Chat / completions: every choice stopped or called tools (not `length`, not
-    `content_filter`); Responses: `status: completed`; embeddings: some `data`."""
+    `content_filter`, unless `cut_short`); Responses: `status: completed` (or `incomplete`,
+    if `cut_short`); embeddings: some `data`. Never a body with an `error`."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -75,15 +77,16 @@ def complete(endpoint: Endpoint, body: bytes) -> bool:
     if not isinstance(doc, dict) or doc.get("error") is not None:
         return False
     if endpoint is Endpoint.RESPONSES:
-        return doc.get("status") == "completed"
+        return doc.get("status") in (("completed", "incomplete") if cut_short else ("completed",))
     if endpoint is Endpoint.EMBEDDINGS:
         data = doc.get("data")
         return isinstance(data, list) and bool(data)
     choices = doc.get("choices")
+    finished = _FINISHED + _CUT_SHORT if cut_short else _FINISHED
     return (
         isinstance(choices, list)
         and bool(choices)
-        and all(isinstance(c, dict) and c.get("finish_reason") in _FINISHED for c in choices)
+        and all(isinstance(c, dict) and c.get("finish_reason") in finished for c in choices)
     )
 
 

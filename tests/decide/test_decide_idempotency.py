@@ -45,20 +45,21 @@ def test_record_keys_are_per_client_and_never_the_key_itself() -> None:
         (200, True, True),
         (200, False, False),  # a stream cut or ended by an error event
         (201, True, True),
-        (400, False, True),  # the same request gets the same answer: deterministic
-        (404, False, True),
-        (413, False, True),
-        (422, False, True),
-        (401, False, False),  # a key may be fixed or rotated: retry may succeed
-        (403, False, False),
-        (408, False, False),
-        (409, False, False),
-        (429, False, False),
-        (500, False, False),
-        (502, False, False),
-        (503, False, False),
-        (504, False, False),
-        (529, False, False),
+        (400, True, True),  # the same request gets the same answer: deterministic
+        (404, True, True),
+        (413, True, True),
+        (422, True, True),
+        (400, False, False),  # over the size limit
+        (401, True, False),  # a key may be fixed or rotated: retry may succeed
+        (403, True, False),
+        (408, True, False),
+        (409, True, False),
+        (429, True, False),
+        (500, True, False),
+        (502, True, False),
+        (503, True, False),
+        (504, True, False),
+        (529, True, False),
     ],
 )
 def test_kept(status: int, complete: bool, keep: bool) -> None:

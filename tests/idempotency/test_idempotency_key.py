@@ -33,7 +33,7 @@ version: 1
 store: {store}
 retries: {{attempts_per_target: 1}}
 idempotency: {idempotency}
-providers:{mock_provider("up", "delay=0.4", scope=scope)}{mock_provider("streamy", "chunk_delay=0.05;chunks=16", scope=scope + "-s")}{mock_provider("flaky", "status=503;fail_nth=1", scope=scope + "-f")}{mock_provider("bad", "status=400", scope=scope + "-b")}{mock_provider("slow", "chunk_delay=0.1;chunks=30", scope=scope + "-slow")}{mock_provider("lazy", "delay=1.5", scope=scope + "-lazy")}
+providers:{mock_provider("up", "delay=0.4", scope=scope)}{mock_provider("streamy", "chunk_delay=0.05;chunks=16", scope=scope + "-s")}{mock_provider("flaky", "status=503;fail_nth=1", scope=scope + "-f")}{mock_provider("bad", "status=400", scope=scope + "-b")}{mock_provider("slow", "chunk_delay=0.1;chunks=30", scope=scope + "-slow")}{mock_provider("lazy", "delay=1.5", scope=scope + "-lazy")}{mock_provider("broken", "error_event_after=3;fail_nth=1", scope=scope + "-e")}
 models:
   mock-gpt: {{targets: [up/mock-gpt]}}
   streamy: {{targets: [streamy/mock-gpt]}}
@@ -41,6 +41,7 @@ models:
   bad: {{targets: [bad/mock-gpt]}}
   slow: {{targets: [slow/mock-gpt]}}
   lazy: {{targets: [lazy/mock-gpt]}}
+  broken: {{targets: [broken/mock-gpt]}}
 clients:
   alice: {{key_sha256: {_hash(ALICE)}}}
   bob: {{key_sha256: {_hash(BOB)}}}
@@ -302,7 +303,7 @@ def test_duplicates_spread_over_three_gateways_on_redis_make_one_call(
 
 def test_a_gateway_killed_mid_stream_is_taken_over_then_replayed(gateways: Gateways) -> None:
     scope = SCOPE + "-kill"
-    policy = _policy(f'{{path: "{{tmp}}/idem-kill-{SCOPE}.db"}}', scope, "{lease: 1s}")
+    policy = _policy(f'{{path: "{{tmp}}/idem-kill-{SCOPE}.db"}}', scope, "{lease: 3s}")
     key = _key()
     first = gateways.start(policy, shared=False)
     with _slow_stream(first, key) as r:
@@ -316,7 +317,8 @@ def test_a_gateway_killed_mid_stream_is_taken_over_then_replayed(gateways: Gatew
     assert gateways.mock.scope_count(scope + "-slow") == 1
     second = gateways.start(policy, shared=False)
     try:
-        # the dead gateway's lease lapses within 1 s: this retry takes the key over
+        # the retry comes while the dead gateway's lease still runs (3 s): it must not start
+        # streaming the dead lead's half answer, but wait for the lease to lapse, take over
         text, ids = _stream_text(_client(second, key), model="slow")
         assert len(text.split()) == 30
         assert gateways.mock.scope_count(scope + "-slow") == 2  # executed once more
@@ -354,3 +356,33 @@ def test_redis_down_keys_still_answer_and_replay_resumes_after(
         assert again.text == back.text
     finally:
         gw.proc.stop()
+
+
+def test_a_request_refused_before_executing_leaves_its_key_free(
+    gw: Gateway, gateways: Gateways
+) -> None:
+    key = _key()
+    headers = {"Idempotency-Key": key, "X-Savepoint-Run": "not a run id"}
+    bad = gw.client(api_key=ALICE, max_retries=0, default_headers=headers)
+    with pytest.raises(openai.BadRequestError) as caught:
+        _ask(bad)
+    assert caught.value.code == "invalid_header"
+    before = gateways.mock.scope_count(SCOPE)
+    started = time.monotonic()
+    ok = _ask(_client(gw, key))  # the key was never claimed: this executes, at once
+    assert time.monotonic() - started < 2
+    assert "idempotent-replayed" not in ok.headers
+    assert gateways.mock.scope_count(SCOPE) == before + 1
+
+
+def test_a_stream_ended_by_an_error_event_is_not_kept(gw: Gateway, gateways: Gateways) -> None:
+    client = _client(gw, _key())
+    before = gateways.mock.scope_count(SCOPE + "-e")
+    with pytest.raises(openai.APIError, match="ended this stream with an error"):
+        _stream_text(client, model="broken")  # the provider's first answer breaks off
+    text, ids = _stream_text(client, model="broken")  # the same key: executed again
+    assert len(text.split()) == 8
+    assert gateways.mock.scope_count(SCOPE + "-e") == before + 2
+    time.sleep(0.2)
+    assert _stream_text(client, model="broken") == (text, ids)  # and that one is kept
+    assert gateways.mock.scope_count(SCOPE + "-e") == before + 2

@@ -409,6 +409,28 @@ def test_truncated_stream_ends_cleanly_without_finish_or_done(
     assert not any("response.completed" in line for line in lines)
 
 
+def test_error_event_after_ends_a_stream_as_a_provider_reports_a_failure(
+    client: openai.OpenAI, mock_server: MockServer, scope: str
+) -> None:
+    received: list[Any] = []
+    with pytest.raises(openai.APIError, match="ended this stream with an error"):
+        for chunk in chat(client, scope, "error_event_after=2", stream=True):
+            received.append(chunk)
+    assert len(received) == 3  # the role chunk and two words
+    body = {"model": "mock-gpt", "messages": MESSAGES, "stream": True}
+    lines = stream_lines(
+        mock_server, "/v1/chat/completions", body, knobs(scope, "error_event_after=1")
+    )
+    assert json.loads(lines[-2][6:])["error"]["code"] == "server_error"
+    assert lines[-1] == "data: [DONE]"
+    body = {"model": "mock-gpt", "input": "hi", "stream": True}
+    lines = stream_lines(mock_server, "/v1/responses", body, knobs(scope, "error_event_after=1"))
+    assert lines[-2:] == ["event: error", lines[-1]]
+    assert json.loads(lines[-1][6:])["type"] == "error"
+    assert not any("response.completed" in line for line in lines)
+    assert chat(client, scope, "error_event_after=1").choices[0].message.content  # whole: fine
+
+
 # --- bookkeeping --------------------------------------------------------------------------
 
 

@@ -373,19 +373,44 @@ def test_end_failed_lets_the_next_claim_take_the_record_over(store: Store) -> No
 
 
 def test_a_running_record_expires_after_the_ttl_given_to_claim(store: Store) -> None:
-    key = new_key()
+    key, renewed = new_key(), new_key()
 
     async def body(s: Store) -> None:
-        # a lease longer than the ttl: the ttl still ends the record
+        # a lease longer than the ttl: the ttl still ends a record nobody writes to
         assert await s.idem_claim(key, "fp-a", "owner-a", 30, 0.3) is None
-        assert await s.idem_write(key, "owner-a", b"meta", b"data", 30) is True
-        assert_running(await s.idem_read(key, 0), "fp-a", "owner-a", b"meta", b"data")
+        # ... while a write keeps a record at least its lease (a long request outlives ttl)
+        assert await s.idem_claim(renewed, "fp-a", "owner-a", 30, 0.3) is None
+        assert await s.idem_write(renewed, "owner-a", b"meta", b"data", 1.0) is True
+        assert_running(await s.idem_read(key, 0), "fp-a", "owner-a", b"", b"")
         await asyncio.sleep(0.4)
         assert await s.idem_read(key, 0) is None
         assert await s.idem_write(key, "owner-a", b"meta", b"late", 30) is False
         assert await s.idem_end(key, "owner-a", "done", b"meta", b"late", 30) is False
         assert await s.idem_claim(key, "fp-b", "owner-b", 30, 60) is None
         assert_running(await observe(s, key), "fp-b", "owner-b", b"", b"")
+        assert_running(await s.idem_read(renewed, 0), "fp-a", "owner-a", b"meta", b"data")
+        await asyncio.sleep(0.7)
+        assert await s.idem_read(renewed, 0) is None
+
+    with_open(store, body)
+
+
+def test_a_write_at_an_offset_never_appends_twice(store: Store) -> None:
+    key = new_key()
+
+    async def body(s: Store) -> None:
+        assert await s.idem_claim(key, "fp", "owner-a", 30, 60) is None
+        assert await s.idem_write(key, "owner-a", b"m", b"AAA", 30, at=0) is True
+        # the writer was told that write failed (it had landed): it sends it again, and more
+        assert await s.idem_write(key, "owner-a", b"", b"AAABB", 30, at=0) is True
+        assert await s.idem_write(key, "owner-a", b"", b"CC", 30, at=5) is True
+        assert (await s.idem_read(key, 0)).data == b"AAABBCC"  # type: ignore[union-attr]
+        # a gap (the log is shorter than the writer thinks): refused, nothing changes
+        assert await s.idem_write(key, "owner-a", b"", b"ZZ", 30, at=9) is False
+        assert await s.idem_end(key, "owner-a", "done", b"m", b"Z", 60, at=8) is False
+        assert await s.idem_end(key, "owner-a", "done", b"m", b"CCDD", 60, at=5) is True
+        done = await s.idem_read(key, 0)
+        assert done is not None and done.state == "done" and done.data == b"AAABBCCDD"
 
     with_open(store, body)
 
