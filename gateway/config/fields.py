@@ -3,6 +3,7 @@ located as `line: path: message` and keep going, so every problem is reported at
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from collections.abc import Mapping
@@ -156,6 +157,22 @@ def integer(
         return int(value)
     bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
     ctx.problem((*path, key), f"expected an integer {bounds}, got {show(value)}")
+    return default
+
+
+def number(
+    ctx: Problems, m: dict[str, Any], key: str, path: Path, default: float | None
+) -> float | None:
+    """A number >= 0 (an int, a float, or one from a ${VAR})."""
+    value = m.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = float(value.strip())  # from a ${VAR}
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < math.inf:
+        return float(value)
+    ctx.problem((*path, key), f"expected a number >= 0, got {show(value)}")
     return default
 
 

@@ -17,6 +17,7 @@ import yaml
 
 from gateway.config import fields, routes
 from gateway.config.fields import Path
+from gateway.config.prices import prices, shipped_prices
 from gateway.config.schema import (
     BreakerSpec,
     CacheSpec,
@@ -35,7 +36,7 @@ from gateway.config.schema import (
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _TOP_KEYS = (
     "version", "server", "store", "providers", "models", "clients", "retries", "breakers",
-    "admin", "cache", "runs", "idempotency",
+    "admin", "cache", "runs", "idempotency", "prices",
 )  # fmt: skip
 _DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
 
@@ -118,6 +119,7 @@ def _policy(ctx: fields.Problems, data: Any, source: str) -> Policy | None:
         breakers=_breakers(ctx, top.get("breakers")),
         runs=_runs(ctx, top.get("runs")),
         idempotency=_idempotency(ctx, top.get("idempotency")),
+        prices=prices(ctx, top.get("prices"), ("prices",), shipped_prices()),
         admin_key_hashes=_admin(ctx, top.get("admin")),
     )
 

@@ -141,6 +141,16 @@ class IdempotencySpec:
 
 
 @dataclass(frozen=True, slots=True)
+class PriceSpec:
+    """US dollars per million tokens: prompt tokens not cached, prompt tokens served from the
+    provider's prompt cache, completion tokens (reasoning included)."""
+
+    input: float
+    cached_input: float
+    output: float
+
+
+@dataclass(frozen=True, slots=True)
 class BreakerSpec:
     """One circuit breaker per deployment (pybreaker): `fail_max` consecutive provider
     failures open it; after `reset_timeout` one probe at a time may pass; each consecutive
@@ -205,6 +215,7 @@ class Policy:
     breakers: BreakerSpec = BreakerSpec()
     runs: RunsSpec = RunsSpec()
     idempotency: IdempotencySpec = IdempotencySpec()
+    prices: Mapping[str, PriceSpec] = field(default_factory=dict)  # by upstream model name
     admin_key_hashes: frozenset[str] = frozenset()  # empty: admin API open only with auth off
 
     @property

@@ -33,7 +33,11 @@ from gateway.mock import Knobs
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_FILE = ROOT / "gateway" / "policy.schema.json"
 # policies/ and the copy of the default inside the package (gateway/default_policy.yaml).
-SHIPPED = sorted([*ROOT.glob("policies/**/*.yaml"), *ROOT.glob("gateway/*.yaml")])
+SHIPPED = sorted(
+    path
+    for path in [*ROOT.glob("policies/**/*.yaml"), *ROOT.glob("gateway/*.yaml")]
+    if path.name != "prices.yaml"  # the price table, not a policy (tests/config/test_prices.py)
+)
 DOCS = ROOT / "docs" / "policies.md"
 
 # What the shipped policies, the docs and the tables below read from the environment.
