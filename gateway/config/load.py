@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from gateway.config import fields, routes
+from gateway.config import fields, governance, routes
 from gateway.config.fields import Path
 from gateway.config.prices import prices, shipped_prices
 from gateway.config.schema import (
@@ -33,6 +33,7 @@ from gateway.config.schema import (
     Timeouts,
 )
 
+_CLIENT_KEYS = ("key_sha256", "key_env", "models", "limits", "model_limits", "budget")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _TOP_KEYS = (
     "version", "server", "store", "providers", "models", "clients", "retries", "breakers",
@@ -265,13 +266,22 @@ def _clients(ctx: fields.Problems, value: Any, model_names: set[str]) -> dict[st
         path: Path = ("clients", name)
         if not fields.name(ctx, name, path, "client"):
             continue
-        m = fields.mapping(ctx, spec, path, ("key_sha256", "key_env", "models"))
+        m = fields.mapping(ctx, spec, path, _CLIENT_KEYS)
         hashes = _key_hashes(ctx, m, path, "a client")
         for h in hashes:
             if h in owner:
                 ctx.problem(path, f"uses the same API key as client {owner[h]!r}")
             owner[h] = name
-        clients[name] = ClientSpec(name, frozenset(hashes), _allowed(ctx, m, path, model_names))
+        clients[name] = ClientSpec(
+            name,
+            frozenset(hashes),
+            _allowed(ctx, m, path, model_names),
+            limits=governance.limits(ctx, m.get("limits"), (*path, "limits")),
+            model_limits=governance.model_limits(
+                ctx, m.get("model_limits"), (*path, "model_limits"), model_names
+            ),
+            budget=governance.budget(ctx, m.get("budget"), (*path, "budget")),
+        )
     return clients
 
 

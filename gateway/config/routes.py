@@ -21,7 +21,7 @@ from dataclasses import fields as dataclass_fields
 from dataclasses import replace
 from typing import Any
 
-from gateway.config import fields
+from gateway.config import fields, governance
 from gateway.config.fields import Path
 from gateway.config.schema import (
     DEFAULT_DEADLINE,
@@ -36,7 +36,8 @@ from gateway.config.schema import (
 from gateway.model import Failure
 
 _MODEL_KEYS = (
-    "targets", "fallbacks", "owned_by", "deadline", "fallback_on", "balance", "retries", "cache"
+    "targets", "fallbacks", "owned_by", "deadline", "fallback_on", "balance", "retries", "cache",
+    "limits",
 )  # fmt: skip
 _CACHE_KEYS = tuple(f.name for f in dataclass_fields(CacheSpec))
 _TARGET_KEYS = ("provider", "model", "timeouts", "weight", "context_window")
@@ -110,6 +111,7 @@ def models(
             balance=_balance(ctx, m, path),
             retries=retries(ctx, m.get("retries"), (*path, "retries"), default_retries),
             cache=cache(ctx, m.get("cache"), (*path, "cache"), default_cache),
+            limits=governance.limits(ctx, m.get("limits"), (*path, "limits")),
         )
         where: Path = (*path, "retries") if "retries" in m else ("retries",)
         if "retries" not in m and not has_top_retries:

@@ -141,6 +141,36 @@ class IdempotencySpec:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitSpec:
+    """Requests per minute, tokens per minute (prompt and completion), requests at once; None:
+    no such limit. Token limits reserve an estimate when a request is admitted and settle to
+    the usage the provider reports."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    concurrency: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.rpm is not None or self.tpm is not None or self.concurrency is not None
+
+
+NO_LIMITS = LimitSpec()
+BudgetPeriod = Literal["day", "month"]
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetSpec:
+    """What a client may spend per calendar day or month (UTC): tokens, US dollars, or both.
+    Past `soft` of it, answers carry a warning header and the gateway logs it once per period;
+    at the limit, requests are refused (429 `insufficient_quota`) until the period ends."""
+
+    period: BudgetPeriod = "day"
+    tokens: int | None = None
+    usd: float | None = None
+    soft: float = 0.8
+
+
+@dataclass(frozen=True, slots=True)
 class PriceSpec:
     """US dollars per million tokens: prompt tokens not cached, prompt tokens served from the
     provider's prompt cache, completion tokens (reasoning included)."""
@@ -174,6 +204,7 @@ class ModelSpec:
     balance: Balance = "weighted"
     retries: RetrySpec = RetrySpec()
     cache: CacheSpec = CacheSpec()
+    limits: LimitSpec = NO_LIMITS  # every client together
 
     @property
     def targets(self) -> tuple[TargetSpec, ...]:
@@ -185,6 +216,9 @@ class ClientSpec:
     name: str
     key_hashes: frozenset[str]  # sha256 hex of each API key
     models: frozenset[str] | None = None  # None: every model
+    limits: LimitSpec = NO_LIMITS  # this client, all models together
+    model_limits: Mapping[str, LimitSpec] = field(default_factory=dict)  # this client, per model
+    budget: BudgetSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)

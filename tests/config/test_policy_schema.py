@@ -201,6 +201,23 @@ ACCEPTED = [
     pytest.param(policy(clients=client(f"{{key_sha256: [{HASH}]}}")), id="list of hashes"),
     pytest.param(policy(clients=client("{key_env: AGENT_KEY}")), id="client by key_env"),
     pytest.param(
+        policy(
+            clients=client(
+                f"{{key_sha256: {HASH}, limits: {{rpm: 60, tpm: 90000, "
+                "concurrency: 4}, model_limits: {m: {rpm: 10}}, "
+                "budget: {usd: 25.5, period: month, soft: 0.9}}"
+            )
+        ),
+        id="client limits and a budget",
+    ),
+    pytest.param(
+        policy(clients=client(f"{{key_sha256: {HASH}, budget: {{tokens: '${{TOKENS:-1000}}'}}}}")),
+        id="token budget from a variable",
+    ),
+    pytest.param(
+        policy(models=model("limits: {rpm: 600, tpm: '${TPM:-100000}'}")), id="model limits"
+    ),
+    pytest.param(
         policy(clients=client("{key_env: AGENT_KEY, key_sha256: []}")), id="empty hash list"
     ),
     pytest.param(policy(clients=client("{key_env: AGENT_KEY, models: [m]}")), id="client models"),
@@ -336,6 +353,20 @@ ACCEPTED = [
 ]
 
 REJECTED = [
+    pytest.param(policy(models=model("limits: {rpm: 0}")), id="rpm 0"),
+    pytest.param(policy(models=model("limits: {rps: 5}")), id="unknown limit key"),
+    pytest.param(
+        policy(clients=client(f"{{key_sha256: {HASH}, budget: {{period: day}}}}")),
+        id="a budget without an amount",
+    ),
+    pytest.param(
+        policy(clients=client(f"{{key_sha256: {HASH}, budget: {{tokens: 5, period: week}}}}")),
+        id="a weekly budget",
+    ),
+    pytest.param(
+        policy(clients=client(f"{{key_sha256: {HASH}, budget: {{usd: 5, soft: 2}}}}")),
+        id="soft over 1",
+    ),
     pytest.param(policy(models=model("fallbacks: [[n]]")), id="a list inside fallbacks"),
     pytest.param(policy(models=model("fallbacks: {n: 1}")), id="fallbacks as a mapping"),
     pytest.param(
@@ -555,6 +586,10 @@ REJECTED = [
 ]
 
 LOADER_ONLY = [
+    pytest.param(
+        policy(clients=client(f"{{key_sha256: {HASH}, model_limits: {{nope: {{rpm: 1}}}}}}")),
+        id="limits for an unknown model",
+    ),
     pytest.param(
         policy(providers=openai(base_url="'${UNSET_URL}'"), models=ON_UP),
         id="a ${VAR} that is not set",
