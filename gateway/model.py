@@ -78,6 +78,9 @@ class Call:
     model: str
     stream: bool
     read_timeout: float | None  # the client's own read timeout (x-stainless-read-timeout)
+    # A stream whose client did not ask for usage: the gateway asks the provider for it (its
+    # reports need it) and takes the usage chunk out of what the client gets.
+    usage_hidden: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ def broken(gateways: Gateways) -> Gateway:
             provider("cut", "cut_after=5;chunks=12;scope=s-cut"),
             provider("short", "truncate;chunks=6;scope=s-trunc"),
             provider("slow", "chunk_delay=0.2;chunks=50;scope=s-slow"),
+            provider("usage", "chunks=4;scope=s-usage"),
         ]
     )
     return gateways.start(f"""
@@ -34,6 +35,7 @@ models:
   cut: {{targets: [cut/mock-gpt]}}
   short: {{targets: [short/mock-gpt]}}
   slow: {{targets: [slow/mock-gpt]}}
+  slow-usage: {{targets: [usage/mock-gpt]}}
 """)
 
 
@@ -101,3 +103,29 @@ def test_client_that_leaves_mid_stream_stops_the_upstream_call(broken: Gateway) 
     line = broken.log_for(request_id)  # written when the gateway stops relaying
     assert line["status"] == 499
     assert time.monotonic() - started < 3  # not after the 10 s the whole stream would take
+
+
+def test_a_stream_is_accounted_with_the_providers_usage_even_when_the_client_did_not_ask(
+    broken: Gateway, gateways: Gateways
+) -> None:
+    client = broken.client()
+    question = [{"role": "user", "content": "count me"}]
+    chunks = list(
+        client.chat.completions.create(model="slow-usage", messages=question, stream=True)
+    )  # type: ignore[arg-type]
+    assert all(c.usage is None for c in chunks)  # the client did not ask: no usage chunk
+    assert chunks[-1].choices and chunks[-1].choices[0].finish_reason == "stop"
+    sent = [r for r in gateways.mock.requests() if r["scope"] == "s-usage"][-1]
+    assert sent["body"]["stream_options"] == {"include_usage": True}  # the gateway asked
+    raw = client.chat.completions.with_raw_response.create(
+        model="slow-usage",
+        messages=question,
+        stream=True,  # type: ignore[arg-type]
+    )
+    list(raw.parse())
+    line = broken.log_for(raw.headers["x-savepoint-request-id"])
+    assert line["tokens"]["completion"] == 4 and line["tokens"]["prompt"] > 0  # accounted
+    asked = list(client.chat.completions.create(
+        model="slow-usage", messages=question, stream=True,
+        stream_options={"include_usage": True}))  # fmt: skip
+    assert asked[-1].choices == [] and asked[-1].usage is not None  # asked: it is there

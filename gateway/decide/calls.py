@@ -43,7 +43,21 @@ def parse_call(endpoint: Endpoint, raw: bytes, read_timeout_header: str | None) 
         if not stream:
             _fail("stream_options", "is only allowed when `stream` is true", options)
     _check_fields(endpoint, body)
-    return Call(endpoint, body, model, stream, _seconds(read_timeout_header))
+    hidden = stream and not endpoint.typed_events and not (options or {}).get("include_usage")
+    return Call(endpoint, body, model, stream, _seconds(read_timeout_header), hidden)
+
+
+def upstream_body(call: Call, raw: bytes, model: str) -> bytes:
+    """What goes upstream: the client's own bytes when they can be, else its body with the
+    deployment's model name and, for a stream whose client did not ask for usage,
+    `stream_options.include_usage` (every stream is accounted with the provider's numbers)."""
+    if model == call.model and not call.usage_hidden:
+        return raw
+    body = {**call.body, "model": model}
+    if call.usage_hidden:
+        options = call.body.get("stream_options") or {}
+        body["stream_options"] = {**options, "include_usage": True}
+    return orjson.dumps(body)
 
 
 def _check_fields(endpoint: Endpoint, body: dict[str, Any]) -> None:

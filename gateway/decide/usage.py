@@ -9,6 +9,27 @@ import orjson
 from gateway.model import Endpoint, Usage
 
 
+def without_usage_chunk(run: bytes) -> bytes:
+    """A run of chat or completions events without the usage chunk (`choices: []` and a
+    `usage`), for a client that did not ask for it. Other events are kept byte for byte."""
+    if b'"usage":{' not in run and b'"usage": {' not in run:
+        return run
+    kept = []
+    for event in run.split(b"\n\n"):
+        if event.startswith(b"data:") and b'"usage"' in event and _is_usage_chunk(event[5:]):
+            continue
+        kept.append(event)
+    return b"\n\n".join(kept)
+
+
+def _is_usage_chunk(data: bytes) -> bool:
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(obj, dict) and obj.get("choices") == [] and obj.get("usage") is not None
+
+
 def usage_from_body(body: Any) -> Usage | None:
     """Usage of a parsed non-streamed answer (chat, completions, embeddings, Responses)."""
     return _usage(body.get("usage")) if isinstance(body, dict) else None

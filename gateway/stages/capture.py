@@ -24,9 +24,11 @@ class Capture:
     detach: bool = False  # a stream goes on being read to its end if the client leaves
     tee: Callable[[Mapping[str, str], bytes], None] | None = None  # sees each run (headers, run)
 
-    def add_run(self, run: bytes) -> None:
+    def add_run(self, run: bytes, sent: bytes | None = None) -> None:
+        """A run as the upstream sent it, and as the client got it (`sent`, if different:
+        without the usage chunk it did not ask for)."""
         if self.tee is not None:
-            self.tee(self.headers, run)
+            self.tee(self.headers, run if sent is None else sent)
         if self.too_big:
             return
         if len(self.events) + len(run) > self.limit * 4:  # events are wordier than the body

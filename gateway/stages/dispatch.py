@@ -26,6 +26,7 @@ import orjson
 from gateway.breakers import Health
 from gateway.config.schema import ModelSpec, TargetSpec
 from gateway.decide.balance import Admission, Candidate, choose
+from gateway.decide.calls import upstream_body
 from gateway.decide.deadlines import attempt_timeouts, chain_budget
 from gateway.decide.failures import classify_error, classify_reply, retry_after
 from gateway.decide.retry import (
@@ -185,14 +186,9 @@ class Dispatcher:
     ) -> _Outcome:
         label = target.label
         provider = self._providers[target.provider]
-        body = (
-            raw
-            if target.model == call.model
-            else orjson.dumps({**call.body, "model": target.model})
-        )
         request = UpstreamRequest(
             endpoint=call.endpoint,
-            body=body,
+            body=upstream_body(call, raw, target.model),
             stream=call.stream,
             timeouts=attempt_timeouts(target.timeouts, call.read_timeout, call.stream, remaining),
             request_id=trace.request_id,

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from gateway.decide.usage import usage_from_body, usage_from_run
+from gateway.decide.usage import usage_from_body, usage_from_run, without_usage_chunk
 from gateway.downstream import Downstream
 from gateway.errors import (
     ClientDisconnected,
@@ -109,10 +109,11 @@ async def relay_stream(
             usage = usage_from_run(call.endpoint, run)
             if usage is not None:
                 trace.usage = usage
+            sent = without_usage_chunk(run) if call.usage_hidden else run
             if capture is not None:
-                capture.add_run(run)
-            if client_here:
-                client_here = await _send(downstream.write(run), capture)
+                capture.add_run(run, sent)
+            if client_here and sent:
+                client_here = await _send(downstream.write(sent), capture)
             run = await events.next_run()
     except SavepointError as error:
         trace.error_code = shape_of(error).code
