@@ -36,6 +36,7 @@ from gateway.server import (
     STORE,
     add_routes,
 )
+from gateway.stages.admit import Admission
 from gateway.stages.cache import ResponseCache
 from gateway.stages.dispatch import Dispatcher
 from gateway.stages.idempotency import Idempotency
@@ -43,9 +44,14 @@ from gateway.stages.runs import RunJournal
 from gateway.stores.base import Store, StoreUnavailable
 from gateway.stores.redis import RedisStore
 from gateway.stores.sqlite import SqliteStore
+from gateway.tokens import Tokenizer
 
 
-def build_app(policy: Policy, log_stream: TextIO | None = None) -> web.Application:
+def build_app(
+    policy: Policy, tokenizer: Tokenizer | None = None, log_stream: TextIO | None = None
+) -> web.Application:
+    """The application. `tokenizer`: loaded by the caller off the event loop (it takes half a
+    second), needed when the policy has token limits or budgets (see `needs_tokenizer`)."""
     app = web.Application(client_max_size=policy.server.max_body_bytes)
     providers = {name: OpenAIProvider(spec) for name, spec in policy.providers.items()}
     drain = Drain()
@@ -64,18 +70,32 @@ def build_app(policy: Policy, log_stream: TextIO | None = None) -> web.Applicati
     runs = RunJournal(store, access_log.event, policy.runs.retention)
     app[RUNS] = runs
     idempotency = Idempotency(store, access_log.event, policy.idempotency)
+    admission = Admission(policy, store, tokenizer, access_log.event)
     dispatcher = Dispatcher(providers, health, drain)
-    pipeline = Pipeline(policy, idempotency, runs, cache, dispatcher, drain, access_log.event)
+    pipeline = Pipeline(
+        policy, admission, idempotency, runs, cache, dispatcher, drain, access_log.event
+    )
     app[PIPELINE] = pipeline
     app.cleanup_ctx.append(_opened(access_log))
     app.cleanup_ctx.append(_opened_store(store, access_log.event))
-    app.cleanup_ctx.append(_flushed(pipeline, idempotency, cache, runs))
+    app.cleanup_ctx.append(_flushed(pipeline, (admission, idempotency, cache, runs)))
+    if tokenizer is not None:
+        app.cleanup_ctx.append(_closed(tokenizer))
     app.cleanup_ctx.append(_sharing_ejections(ejections, health))
     for name, spec in policy.providers.items():
         app.cleanup_ctx.append(_started_provider(spec, providers[name]))
     add_routes(app)
     add_admin_routes(app)
     return app
+
+
+def needs_tokenizer(policy: Policy) -> bool:
+    """Whether requests must be counted: a token limit or a budget somewhere."""
+    models = policy.models.values()
+    return any(m.limits.tpm for m in models) or any(
+        c.budget is not None or c.limits.tpm or any(lim.tpm for lim in c.model_limits.values())
+        for c in policy.clients.values()
+    )
 
 
 def build_store(policy: Policy) -> Store:
@@ -108,14 +128,22 @@ def _opened_store(
 
 
 def _flushed(
-    pipeline: Pipeline, idempotency: Idempotency, cache: ResponseCache, runs: RunJournal
+    pipeline: Pipeline, features: tuple[Admission | Idempotency | ResponseCache | RunJournal, ...]
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         yield
         await pipeline.close()  # detached calls first: they write to the journal
         # then pending writes, before the store closes (contexts unwind in reverse order)
-        for feature in (idempotency, cache, runs):
+        for feature in features:
             await feature.close()
+
+    return ctx
+
+
+def _closed(tokenizer: Tokenizer) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        yield
+        tokenizer.close()
 
     return ctx
 

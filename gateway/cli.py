@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from gateway import __version__
-from gateway.app import build_app
+from gateway.app import build_app, needs_tokenizer
 from gateway.config import Policy, PolicyError, load_policy
 from gateway.mock import add_knob_arguments, build_mock_app, knobs_from_args
 from gateway.server import DRAIN, STORE
+from gateway.tokens import EncodingFileError, Tokenizer
 
 DEFAULT_POLICY = "policies/default.yaml"
 # The same file, shipped inside the package, for `savepoint serve` run outside a checkout.
@@ -102,7 +103,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 async def _run_gateway(policy: Policy, host: str, port: int) -> int:
-    app = build_app(policy)
+    tokenizer = None
+    if needs_tokenizer(policy):
+        try:
+            tokenizer = await asyncio.to_thread(Tokenizer.load)
+        except EncodingFileError as e:
+            return _fail(f"cannot count tokens: {e}")
+    app = build_app(policy, tokenizer)
     runner = web.AppRunner(
         app,
         handle_signals=False,

@@ -14,6 +14,10 @@
     │   ├── PayloadTooLarge           413  body over server.max_body_bytes
     │   ├── UnsupportedMediaType      415  body is not application/json
     │   └── IdempotencyKeyReused      422  the key was used with another request
+    ├── Refused                   429  a limit or the budget says no (rate_limit_exceeded)
+    │   ├── RequestsLimited           429  requests per minute, or requests at once
+    │   ├── TokensLimited             429  tokens per minute
+    │   └── BudgetExhausted           429  the client's budget for the period (insufficient_quota)
     ├── UpstreamError             502  the provider failed; the same request may work later
     │   ├── UpstreamUnreachable       502  connection refused, reset, DNS
     │   ├── UpstreamBadResponse       502  malformed JSON, a stream cut or truncated
@@ -104,6 +108,22 @@ class IdempotencyKeyReused(RequestError):
     pass
 
 
+class Refused(SavepointError):
+    pass
+
+
+class RequestsLimited(Refused):
+    pass
+
+
+class TokensLimited(Refused):
+    pass
+
+
+class BudgetExhausted(Refused):
+    pass
+
+
 class UpstreamError(SavepointError):
     pass
 
@@ -152,6 +172,10 @@ _TABLE: dict[type[SavepointError], HttpShape] = {
     UnsupportedMediaType: HttpShape(415, "invalid_request_error", "unsupported_media_type"),
     IdempotencyConflict: HttpShape(409, "invalid_request_error", "idempotency_request_in_progress"),
     IdempotencyKeyReused: HttpShape(422, "invalid_request_error", "idempotency_key_reused"),
+    Refused: HttpShape(429, "requests", "rate_limit_exceeded"),
+    RequestsLimited: HttpShape(429, "requests", "rate_limit_exceeded"),
+    TokensLimited: HttpShape(429, "tokens", "rate_limit_exceeded"),
+    BudgetExhausted: HttpShape(429, "insufficient_quota", "insufficient_quota"),
     UpstreamError: HttpShape(502, "server_error", "upstream_error"),
     UpstreamUnreachable: HttpShape(502, "server_error", "upstream_unreachable"),
     UpstreamBadResponse: HttpShape(502, "server_error", "upstream_bad_response"),

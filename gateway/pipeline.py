@@ -1,10 +1,11 @@
 """The fixed order of stages every generation request goes through.
 
-    authenticate -> parse -> resolve policy -> [admit] -> idempotency -> run journal
-        -> response cache -> dispatch
+    authenticate -> parse -> resolve policy -> admit -> [loop guard] -> idempotency
+        -> run journal -> response cache -> dispatch
 
-The stage in brackets arrives with later work (limits and budgets); it slots in at the
-marked line. A stage ends a request early by raising a
+The stage in brackets arrives with later work; it slots in at the marked line. Admission
+reserves what a request may take (limits, budget); the reservation is settled once the
+request is over, detached or not. A stage ends a request early by raising a
 `SavepointError` (rendered once, by the server) or by replying itself. What happened is
 recorded on the request's `Trace`, which the access log writes once the request is over.
 """
@@ -26,6 +27,7 @@ from gateway.downstream import Downstream
 from gateway.errors import GatewayUnavailable
 from gateway.lifecycle import SHUTDOWN, Drain
 from gateway.model import Call, Endpoint, Principal, Trace
+from gateway.stages.admit import Admission, Ticket
 from gateway.stages.cache import ResponseCache
 from gateway.stages.capture import Capture
 from gateway.stages.dispatch import Dispatcher
@@ -55,6 +57,7 @@ class Pipeline:
     def __init__(
         self,
         policy: Policy,
+        admission: Admission,
         idempotency: Idempotency,
         runs: RunJournal,
         cache: ResponseCache,
@@ -65,6 +68,7 @@ class Pipeline:
         self._policy = policy
         self._events = events
         self._detached: set[asyncio.Task[None]] = set()
+        self._admission = admission
         self._idempotency = idempotency
         self._runs = runs
         self._cache = cache
@@ -86,6 +90,7 @@ class Pipeline:
         trace: Trace,
         downstream: Downstream,
         lead: Lead | None,
+        ticket: Ticket | None,
     ) -> None:
         """Answer from the run journal, the cache, or live; keep a complete live answer for
         the cache and the journal; settle the request's `Idempotency-Key` with the answer,
@@ -118,6 +123,8 @@ class Pipeline:
         finally:
             if lead is not None:
                 lead.settle(capture, error)
+            if ticket is not None:
+                self._admission.settle(ticket, trace)
 
     async def _detachable(self, live: Coroutine[Any, Any, None], trace: Trace) -> None:
         """Detach and complete: if the client goes away, the call it paid for goes on to the
@@ -146,6 +153,7 @@ class Pipeline:
 
     async def run(self, inbound: Inbound, downstream: Downstream, trace: Trace) -> None:
         token = self._drain.enter()
+        ticket: Ticket | None = None
         try:
             principal = authenticate(self._clients, inbound.api_key)
             trace.client = principal.name
@@ -154,7 +162,8 @@ class Pipeline:
             trace.model, trace.stream = call.model, call.stream
             spec = resolve_model(self._policy, principal, call.model)
             check_run_headers(inbound.run, inbound.attempt)
-            # admit: rate limits, budgets, loop guard (issue 5)
+            ticket = await self._admission.admit(principal, spec, call, trace)
+            # loop guard (issue 5)
             lead = None
             if inbound.idempotency_key is not None:
                 lead = await self._idempotency.lead(
@@ -162,7 +171,10 @@ class Pipeline:
                 )
                 if lead is None:  # replayed, or attached to the same request in flight
                     return
-            answer = self._answer(principal, spec, call, raw, inbound, trace, downstream, lead)
+            answer = self._answer(
+                principal, spec, call, raw, inbound, trace, downstream, lead, ticket
+            )
+            ticket = None  # settled by the answer, when it is over (detached or not)
             if inbound.run is None and lead is None:
                 await answer
             else:  # a call someone means to retry: it goes on if its client leaves
@@ -175,4 +187,6 @@ class Pipeline:
                 task.uncancel()  # we answer instead of dying; the cancellation was ours
             raise GatewayUnavailable(SHUTDOWN) from None
         finally:
+            if ticket is not None:  # answered before `_answer`: replayed, attached, refused
+                self._admission.settle(ticket, trace)
             self._drain.leave(token)

@@ -23,6 +23,14 @@ request's fingerprint, its owner (the gateway request executing it), a state (`r
 the owner: the answer so far). A running record's owner holds a lease that it renews; once
 the lease lapses, or once the record has failed, the next claim takes the record over, with
 an empty log. Only the owner can write to or end a record, and only while it runs.
+
+Limits (rates, concurrency slots, quotas: `gateway.decide.limits`, whose arithmetic both
+implementations follow) are admitted all at once: `limits_admit` checks every limit of a
+request against the state shared by every process and replica using the store, atomically,
+and either takes the request's share of each or changes nothing. Time is the store's: the
+wall clock of the SQLite process, the Redis server's `TIME` (replicas with skewed clocks
+agree). Idle state expires by itself: a full bucket, a lapsed lease, a quota whose period
+ended.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+from gateway.decide.limits import Quota, Rate, Slots, Verdict
 
 
 class StoreUnavailable(Exception):
@@ -169,4 +179,38 @@ class Store(Protocol):
         """As the owner of a running record: set its state (`done` or `failed`) and meta,
         append `data` to its log (`at` as in `idem_write`), and make it expire `ttl` seconds
         from now. False, changing nothing, under the same conditions as `idem_write`."""
+        ...
+
+    async def limits_admit(
+        self,
+        rates: Sequence[Rate],
+        slots: Sequence[Slots],
+        quotas: Sequence[Quota],
+        request_id: str,
+        lease: float,
+    ) -> Verdict:
+        """Atomically admit a request through all of these limits, or through none.
+
+        Admitted: each rate's TAT moves ahead by its cost, the request holds a lease of
+        `lease` seconds on each slots limit (until `limits_settle` releases it, or the lease
+        lapses), and each quota's counter grows by its cost. Refused: nothing changes, and the
+        verdict names the limit that blocked and when to retry. Exact under any concurrency,
+        across processes and replicas: no two calls see the same state. Keys must be distinct
+        within a kind (else ValueError). With no limits at all, the request is admitted
+        without a call to the store. One round trip (one script call) on Redis.
+        """
+        ...
+
+    async def limits_settle(
+        self,
+        rates: Sequence[Rate],
+        quotas: Sequence[Quota],
+        slots: Sequence[Slots],
+        request_id: str,
+    ) -> None:
+        """Once a request is over: correct each rate and quota by its `cost`, which here is
+        the delta `actual - reserved` (negative: a credit), never refusing (a debit may put a
+        bucket in debt), and release the request's leases on `slots`. A quota correction for
+        a period that already ended is dropped. Atomic; one round trip on Redis.
+        """
         ...

@@ -16,12 +16,32 @@ touches together live in one Redis Cluster slot:
 - `sp:{idem:<key>}`: an idempotency record, a hash (fp, owner, state, meta, lease: the
   server's clock in ms), and `sp:{idem:<key>}:log`, its log, a string that writes APPEND to.
 
+- `sp:{limits}:rate:<key>`: a rate's TAT (ms, a string), expiring when the bucket is full
+  again (`PX` = TAT - now), so an idle bucket vanishes.
+- `sp:{limits}:slots:<key>`: a slots limit's sorted set of request ids scored by lease expiry
+  (ms), reaped with ZREMRANGEBYSCORE, expiring with its longest lease.
+- `sp:{limits}:quota:<key>`: a quota's hash (used, expires: the end of its period in ms),
+  expiring at the end of its period (PEXPIREAT).
+
 All of a run's keys share its deadline: a put sets the same TTL on every one of them. Leases
 are timed by the server's clock, so replicas with skewed clocks agree on them.
+
+Limits: one script call admits a request through all of its limits (client, model and
+deployment scopes alike), so all limit keys share one hash tag, `{limits}`: on Redis Cluster
+every limit lives in one slot, hence on one shard, which then carries all admission traffic
+(tens of thousands of scripts a second; enough until a deployment outgrows one shard). A
+tag per client would spread them, but limits shared between clients (a model's, a
+deployment's) would then sit in other slots, out of reach of one atomic script: that takes
+a reserve in each slot and a compensating release on refusal, which this does not do yet.
+The scripts do the arithmetic of `gateway.decide.limits` in the same order of operations,
+with the server's clock; numbers travel as strings ('%.17g', which round-trip a double),
+since Redis would truncate a Lua number in a reply to an integer and `tostring` keeps only
+14 digits.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -31,6 +51,8 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
+from gateway.decide import limits
+from gateway.decide.limits import Kind, Quota, Rate, Slots, Status, Verdict
 from gateway.stores.base import IdemRecord, StoreUnavailable
 
 # KEYS[1] value key, KEYS[2] the group's index; ARGV value, ttl (ms), max_entries.
@@ -195,6 +217,189 @@ return 1
 )
 
 
+# The clock: ARGV[1] (ms) when given, for tests that compare with the pure decision; else the
+# server's. `num` formats a number so that it round-trips (redis.call would use '%.14g');
+# `ms` an integer of ms, rounded up, for PX and PEXPIREAT.
+_LIMITS_PRELUDE = """
+local MINUTE, GRID = 60000, 1024
+local now = tonumber(ARGV[1])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+end
+local function on_grid(x)
+  return math.floor(x * GRID) / GRID
+end
+local grid_now = on_grid(now)
+local function charge(t, cost)
+  local x = math.floor(t * math.abs(cost) * GRID) / GRID
+  if cost < 0 then
+    return -x
+  end
+  return x
+end
+local function num(x)
+  return string.format('%.17g', x)
+end
+local function ms(x)
+  return string.format('%d', math.ceil(x))
+end
+local function backlog(key)
+  return math.max((tonumber(redis.call('GET', key)) or grid_now) - grid_now, 0)
+end
+"""
+
+# KEYS: the rates' TATs, the slots' sorted sets, the quotas' hashes. ARGV: now ('' for the
+# server's), request id, lease (ms), #rates, #slots, #quotas, then per rate: per_minute, cost;
+# per slots: limit; per quota: limit, cost, expires (ms). Returns {allowed, blocked (index
+# from 1; 0: none), exceeds, retry (ms), then per limit: remaining, reset (ms)}.
+_LIMITS_ADMIT = (
+    _LIMITS_PRELUDE
+    + """
+local SLOTS_RETRY = 1000
+local rid, lease = ARGV[2], tonumber(ARGV[3])
+local nr, ns, nq = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local stands, admitted, writes = {}, {}, {}
+local blocked, retry, exceeds = 0, 0, 0
+local function refuse(i, wait, never)
+  if exceeds == 1 then
+    return
+  end
+  if blocked == 0 or never or wait > retry then
+    blocked, retry, exceeds = i, wait, never and 1 or 0
+  end
+end
+-- limit i's remaining and reset (ms) as it stands, and once this request is admitted
+local function put(i, remaining, reset, remaining_after, reset_after)
+  stands[2 * i - 1], stands[2 * i] = remaining, reset
+  admitted[2 * i - 1], admitted[2 * i] = remaining_after, reset_after
+end
+local function units(ahead, t)
+  return math.max(math.floor((MINUTE - ahead) / t), 0)
+end
+local a = 7
+for i = 1, nr do
+  local per_minute, cost = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  a = a + 2
+  if per_minute <= 0 then
+    put(i, 0, 0, 0, 0)
+    refuse(i, math.huge, true)
+  else
+    local t = MINUTE / per_minute
+    local c = charge(t, cost)
+    local ahead = backlog(KEYS[i])
+    local after = ahead + c
+    put(i, units(ahead, t), ahead, units(after, t), after)
+    if after <= MINUTE then
+      writes[i] = after
+    else
+      refuse(i, after - MINUTE, c > MINUTE)
+    end
+  end
+end
+for i = nr + 1, nr + ns do
+  local limit = tonumber(ARGV[a])
+  a = a + 1
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', num(now))
+  local held = redis.call('ZCARD', KEYS[i])
+  local others = held - (redis.call('ZSCORE', KEYS[i], rid) and 1 or 0)
+  put(i, math.max(limit - held, 0), 0, limit - others - 1, 0)
+  if others >= limit then
+    if limit < 1 then
+      refuse(i, math.huge, true)
+    else
+      local first = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
+      refuse(i, math.min(SLOTS_RETRY, tonumber(first[2]) - now), false)
+    end
+  end
+end
+for i = nr + ns + 1, nr + ns + nq do
+  local limit, cost, expires = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  a = a + 3
+  local r = redis.call('HMGET', KEYS[i], 'used', 'expires')
+  local used = 0
+  if r[1] and tonumber(r[2]) > now then
+    used = tonumber(r[1])
+  end
+  local reset = math.max(expires - now, 0)
+  put(i, math.max(limit - used, 0), reset, math.max(limit - (used + cost), 0), reset)
+  if used + cost <= limit then
+    writes[i] = used + cost
+  else
+    refuse(i, reset, cost > limit)
+  end
+end
+local out = blocked == 0 and admitted or stands
+if blocked == 0 then
+  for i = 1, nr do
+    if writes[i] > 0 then
+      redis.call('SET', KEYS[i], num(grid_now + writes[i]), 'PX', ms(writes[i]))
+    else
+      redis.call('DEL', KEYS[i])
+    end
+  end
+  for i = nr + 1, nr + ns do
+    redis.call('ZADD', KEYS[i], num(now + lease), rid)
+    if redis.call('PTTL', KEYS[i]) < lease then
+      redis.call('PEXPIRE', KEYS[i], ms(lease))
+    end
+  end
+  a = 7 + 2 * nr + ns
+  for i = nr + ns + 1, nr + ns + nq do
+    redis.call('HSET', KEYS[i], 'used', num(writes[i]), 'expires', ARGV[a + 2])
+    redis.call('PEXPIREAT', KEYS[i], ms(tonumber(ARGV[a + 2])))
+    a = a + 3
+  end
+end
+for i = 1, #out do
+  out[i] = num(out[i])
+end
+return {blocked == 0 and 1 or 0, blocked, exceeds, num(retry), unpack(out)}
+"""
+)
+
+# KEYS: the rates' TATs, the quotas' hashes, the slots' sorted sets. ARGV: now ('' for the
+# server's), request id, #rates, #quotas, #slots, then per rate: per_minute, delta; per
+# quota: delta, expires (ms).
+_LIMITS_SETTLE = (
+    _LIMITS_PRELUDE
+    + """
+local rid = ARGV[2]
+local nr, nq, ns = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local a = 6
+for i = 1, nr do
+  local per_minute, delta = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  a = a + 2
+  if per_minute > 0 then
+    local ahead = math.max(backlog(KEYS[i]) + charge(MINUTE / per_minute, delta), 0)
+    if ahead > 0 then
+      redis.call('SET', KEYS[i], num(grid_now + ahead), 'PX', ms(ahead))
+    else
+      redis.call('DEL', KEYS[i])
+    end
+  end
+end
+for i = nr + 1, nr + nq do
+  local delta, expires = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  a = a + 2
+  if expires > now then
+    local r = redis.call('HMGET', KEYS[i], 'used', 'expires')
+    local used = 0
+    if r[1] and tonumber(r[2]) > now then
+      used = tonumber(r[1])
+    end
+    redis.call('HSET', KEYS[i], 'used', num(math.max(used + delta, 0)), 'expires', num(expires))
+    redis.call('PEXPIREAT', KEYS[i], ms(expires))
+  end
+end
+for i = nr + nq + 1, nr + nq + ns do
+  redis.call('ZREM', KEYS[i], rid)
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', num(now))
+end
+"""
+)
+
+
 class RedisStore:
     def __init__(self, url: str):
         self._url = url
@@ -204,6 +409,7 @@ class RedisStore:
         self._journal_put: AsyncScript | None = None
         self._journal_drop: AsyncScript | None = None
         self._idem: dict[str, AsyncScript] = {}
+        self._limits: dict[str, AsyncScript] = {}
 
     def describe(self) -> str:
         return f"redis {_without_password(self._url)}"
@@ -231,6 +437,10 @@ class RedisStore:
             for name, source in (("claim", _IDEM_CLAIM), ("read", _IDEM_READ),
                                  ("write", _IDEM_WRITE), ("end", _IDEM_END))
         }  # fmt: skip
+        self._limits = {
+            "admit": self._client.register_script(_LIMITS_ADMIT),
+            "settle": self._client.register_script(_LIMITS_SETTLE),
+        }
 
     async def ping(self) -> None:
         client = self._open_client()
@@ -358,6 +568,96 @@ class RedisStore:
         args = [owner, state, meta, data, _ms(ttl), "" if at is None else at]
         return bool(await self._idem_call("end", key, args))
 
+    async def limits_admit(
+        self,
+        rates: Sequence[Rate],
+        slots: Sequence[Slots],
+        quotas: Sequence[Quota],
+        request_id: str,
+        lease: float,
+    ) -> Verdict:
+        return await self._limits_admit(rates, slots, quotas, request_id, lease, None)
+
+    async def _limits_admit(
+        self,
+        rates: Sequence[Rate],
+        slots: Sequence[Slots],
+        quotas: Sequence[Quota],
+        request_id: str,
+        lease: float,
+        now_ms: float | None,
+    ) -> Verdict:
+        """`limits_admit`, on the clock `now_ms` if given (tests), else the server's."""
+        limits.check_distinct(rates, slots, quotas)
+        if not (rates or slots or quotas):
+            return Verdict(True, ())
+        script = self._open_script(self._limits.get("admit"))
+        keys = [
+            *(_limit_key("rate", r.key) for r in rates),
+            *(_limit_key("slots", s.key) for s in slots),
+            *(_limit_key("quota", q.key) for q in quotas),
+        ]
+        args: list[str | int] = [_clock(now_ms), request_id, repr(lease * 1000)]
+        args += [len(rates), len(slots), len(quotas)]
+        for rate in rates:
+            args += [repr(float(rate.per_minute)), repr(float(rate.cost))]
+        args += [slot.limit for slot in slots]
+        for quota in quotas:
+            args += [
+                repr(float(quota.limit)),
+                repr(float(quota.cost)),
+                repr(float(quota.expires_ms)),
+            ]
+        with self._translated():
+            reply = await script(keys=keys, args=args)
+        allowed, blocked, exceeds, retry, *numbers = (float(x) for x in reply)
+        given = [(r.key, Kind.RATE, r.per_minute) for r in rates]
+        given += [(s.key, Kind.SLOTS, s.limit) for s in slots]
+        given += [(q.key, Kind.QUOTA, q.limit) for q in quotas]
+        statuses = tuple(
+            Status(key, kind, limit, numbers[2 * i], numbers[2 * i + 1] / 1000)
+            for i, (key, kind, limit) in enumerate(given)
+        )
+        if allowed:
+            return Verdict(True, statuses)
+        never = exceeds == 1
+        retry_after = math.inf if never else max(retry, 0.0) / 1000
+        return Verdict(False, statuses, retry_after, statuses[int(blocked) - 1], never)
+
+    async def limits_settle(
+        self,
+        rates: Sequence[Rate],
+        quotas: Sequence[Quota],
+        slots: Sequence[Slots],
+        request_id: str,
+    ) -> None:
+        await self._limits_settle(rates, quotas, slots, request_id, None)
+
+    async def _limits_settle(
+        self,
+        rates: Sequence[Rate],
+        quotas: Sequence[Quota],
+        slots: Sequence[Slots],
+        request_id: str,
+        now_ms: float | None,
+    ) -> None:
+        limits.check_distinct(rates, slots, quotas)
+        if not (rates or slots or quotas):
+            return
+        script = self._open_script(self._limits.get("settle"))
+        keys = [
+            *(_limit_key("rate", r.key) for r in rates),
+            *(_limit_key("quota", q.key) for q in quotas),
+            *(_limit_key("slots", s.key) for s in slots),
+        ]
+        args: list[str | int] = [_clock(now_ms), request_id, len(rates), len(quotas), len(slots)]
+        for rate in rates:
+            args += [repr(float(rate.per_minute)), repr(float(rate.cost))]
+        for quota in quotas:
+            args += [repr(float(quota.cost)), repr(float(quota.expires_ms))]
+        with self._translated():
+            await script(keys=keys, args=args)
+
     async def _idem_call(self, name: str, key: str, args: list[Any]) -> Any:
         script = self._open_script(self._idem.get(name))
         with self._translated():
@@ -389,6 +689,7 @@ class RedisStore:
             self._journal_put = None
             self._journal_drop = None
             self._idem = {}
+            self._limits = {}
 
 
 _MAX_CONNECTIONS = 256
@@ -429,6 +730,15 @@ def _run_key(run: str, suffix: str) -> str:
 def _run_keys(run: str) -> tuple[str, str, str]:
     """The run's steps list, step keys set and counters hash."""
     return _run_key(run, "steps"), _run_key(run, "stepkeys"), _run_key(run, "counters")
+
+
+def _limit_key(kind: str, key: str) -> str:
+    # One hash tag for every limit: one script checks limits of every scope (module docstring).
+    return f"sp:{{limits}}:{kind}:{key}"
+
+
+def _clock(now_ms: float | None) -> str:
+    return "" if now_ms is None else repr(float(now_ms))
 
 
 def _without_password(url: str) -> str:

@@ -14,6 +14,14 @@ and purged a bounded batch per table on each put.
 
 Idempotency records are one table, one row per key, the log a BLOB that writes append to.
 Expired rows are ignored on read and purged a bounded batch at a time on each claim.
+
+Limits are three tables, times in epoch ms: `limit_rates` (a bucket's TAT), `limit_slots`
+(one row per lease) and `limit_quotas` (a counter and the end of its period). An admission
+or a settlement is one write transaction: read the rows of its keys, decide with
+`gateway.decide.limits`, write what changed. The write lock (BEGIN IMMEDIATE) makes it atomic
+across connections and processes sharing the file. Idle rows (a full bucket, a lapsed lease,
+an ended period) are ignored by the decision and purged a bounded batch per table on each
+admission.
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from gateway.decide import limits
+from gateway.decide.limits import Quota, Rate, Slots, Tally, Verdict
 from gateway.stores.base import IdemRecord, StoreUnavailable
 
 T = TypeVar("T")
@@ -70,6 +80,19 @@ _IDEM_SCHEMA = (
 )
 _IDEM_COLUMNS = "fp, owner, state, meta, data, lease"
 
+_LIMITS_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS limit_rates (key TEXT PRIMARY KEY, tat REAL NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS limit_rates_by_tat ON limit_rates (tat)",
+    "CREATE TABLE IF NOT EXISTS limit_slots (key TEXT NOT NULL, request TEXT NOT NULL, "
+    "expires REAL NOT NULL, PRIMARY KEY (key, request))",
+    "CREATE INDEX IF NOT EXISTS limit_slots_by_expiry ON limit_slots (expires)",
+    "CREATE TABLE IF NOT EXISTS limit_quotas (key TEXT PRIMARY KEY, used REAL NOT NULL, "
+    "expires REAL NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS limit_quotas_by_expiry ON limit_quotas (expires)",
+)
+# Each limits table and the column past which a row is idle.
+_LIMITS_IDLE = (("limit_rates", "tat"), ("limit_slots", "expires"), ("limit_quotas", "expires"))
+
 
 class SqliteStore:
     def __init__(self, path: str):
@@ -109,7 +132,7 @@ class SqliteStore:
             columns = {row[1] for row in db.execute("PRAGMA table_info(ejections)")}
             if "since" not in columns:  # a file written before ejections had a time
                 db.execute("ALTER TABLE ejections ADD COLUMN since REAL DEFAULT 0")
-            for statement in (*_CACHE_SCHEMA, *_JOURNAL_SCHEMA, *_IDEM_SCHEMA):
+            for statement in (*_CACHE_SCHEMA, *_JOURNAL_SCHEMA, *_IDEM_SCHEMA, *_LIMITS_SCHEMA):
                 db.execute(statement)
         except BaseException:
             db.close()
@@ -367,6 +390,61 @@ class SqliteStore:
 
         return await self._run(lambda: self._owned(key, owner, data, at, end))
 
+    async def limits_admit(
+        self,
+        rates: Sequence[Rate],
+        slots: Sequence[Slots],
+        quotas: Sequence[Quota],
+        request_id: str,
+        lease: float,
+    ) -> Verdict:
+        limits.check_distinct(rates, slots, quotas)
+        if not (rates or slots or quotas):
+            return Verdict(True, ())
+
+        def admit() -> Verdict:
+            db = self._connection()
+            with db:  # commits, or rolls back on an exception
+                db.execute("BEGIN IMMEDIATE")
+                # the clock is read once the write lock is held: a transaction of another
+                # connection that went first must never be in this one's future
+                now = time.time() * 1000
+                for table, column in _LIMITS_IDLE:
+                    db.execute(
+                        f"DELETE FROM {table} WHERE rowid IN "
+                        f"(SELECT rowid FROM {table} WHERE {column} <= ? LIMIT ?)",
+                        (now, _PURGE_BATCH),
+                    )
+                state = _limit_state(db, rates, slots, quotas)
+                decision = limits.admit(state, rates, slots, quotas, request_id, lease * 1000, now)
+                if decision.state is not None:
+                    _write_limits(db, state, decision.state)
+            return decision.verdict
+
+        return await self._run(admit)
+
+    async def limits_settle(
+        self,
+        rates: Sequence[Rate],
+        quotas: Sequence[Quota],
+        slots: Sequence[Slots],
+        request_id: str,
+    ) -> None:
+        limits.check_distinct(rates, slots, quotas)
+        if not (rates or slots or quotas):
+            return
+
+        def settle() -> None:
+            db = self._connection()
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                now = time.time() * 1000
+                state = _limit_state(db, rates, slots, quotas)
+                after = limits.settle(state, rates, quotas, slots, request_id, now)
+                _write_limits(db, state, after)
+
+        await self._run(settle)
+
     def _owned(
         self,
         key: str,
@@ -456,3 +534,50 @@ def _count(db: sqlite3.Connection, group: str, delta: int) -> int:
     (n,) = db.execute("SELECT count(*) FROM cache WHERE grp = ?", (group,)).fetchone()
     db.execute("INSERT INTO cache_counts VALUES (?, ?)", (group, n))
     return int(n)
+
+
+def _limit_state(
+    db: sqlite3.Connection, rates: Sequence[Rate], slots: Sequence[Slots], quotas: Sequence[Quota]
+) -> limits.State:
+    """What the rows of these limits' keys hold (idle rows included: the decision ignores
+    them)."""
+
+    def rows(sql: str, keys: list[str]) -> list[Any]:
+        if not keys:
+            return []
+        return db.execute(sql.format(",".join("?" * len(keys))), keys).fetchall()
+
+    tats = dict(rows("SELECT key, tat FROM limit_rates WHERE key IN ({})", [r.key for r in rates]))
+    leases: dict[str, dict[str, float]] = {slot.key: {} for slot in slots}
+    sql = "SELECT key, request, expires FROM limit_slots WHERE key IN ({})"
+    for key, request, expires in rows(sql, list(leases)):
+        leases[key][request] = expires
+    sql = "SELECT key, used, expires FROM limit_quotas WHERE key IN ({})"
+    tallies = {
+        key: Tally(used, expires) for key, used, expires in rows(sql, [q.key for q in quotas])
+    }
+    return limits.State(tats, leases, tallies)
+
+
+def _write_limits(db: sqlite3.Connection, before: limits.State, after: limits.State) -> None:
+    """Write the rows that differ between the state read and the one decided."""
+    db.executemany(
+        "INSERT INTO limit_rates VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET tat = excluded.tat",
+        list(after.tats.items()),
+    )
+    for key, leases in after.leases.items():
+        held = before.leases.get(key, {})
+        db.executemany(
+            "DELETE FROM limit_slots WHERE key = ? AND request = ?",
+            [(key, request) for request in held if request not in leases],
+        )
+        db.executemany(
+            "INSERT INTO limit_slots VALUES (?, ?, ?) ON CONFLICT (key, request) "
+            "DO UPDATE SET expires = excluded.expires",
+            [(key, r, e) for r, e in leases.items() if held.get(r) != e],
+        )
+    db.executemany(
+        "INSERT INTO limit_quotas VALUES (?, ?, ?) ON CONFLICT (key) "
+        "DO UPDATE SET used = excluded.used, expires = excluded.expires",
+        [(key, tally.used, tally.expires_ms) for key, tally in after.quotas.items()],
+    )

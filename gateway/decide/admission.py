@@ -1,0 +1,214 @@
+"""Which limits and budgets apply to a request, and what a verdict looks like on the wire.
+
+Pure: the policy, the request's reservation and the time in; the limits to check (see
+`decide.limits`), the response headers and the refusal out.
+
+Limit keys use `/`, which names cannot hold, so no two scopes ever share a key:
+
+    c/<client>/rpm|tpm|conc          the client, every model together
+    cm/<client>/<model>/rpm|tpm|conc the client on one model
+    m/<model>/rpm|tpm|conc           the model, every client together
+    b/<client>/<period>/tokens|usd   the client's budget for a calendar day or month (UTC)
+
+A budget in dollars is counted in micro-dollars, so its counter stays an exact integer.
+"""
+
+from __future__ import annotations
+
+import calendar
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from gateway.config.schema import BudgetSpec, ClientSpec, LimitSpec, ModelSpec
+from gateway.decide.limits import Kind, Quota, Rate, Slots, Status, Verdict
+from gateway.errors import (
+    BudgetExhausted,
+    RequestsLimited,
+    SavepointError,
+    TokensLimited,
+)
+
+MICRO = 1_000_000  # micro-dollars per dollar
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """What a request is expected to take: tokens (prompt estimate + output cap) and, when
+    its model is priced, micro-dollars."""
+
+    tokens: int
+    micro_usd: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    rates: tuple[Rate, ...]
+    slots: tuple[Slots, ...]
+    quotas: tuple[Quota, ...]
+
+    def __bool__(self) -> bool:
+        return bool(self.rates or self.slots or self.quotas)
+
+
+def needs_tokens(client: ClientSpec | None, model: ModelSpec) -> bool:
+    """Whether a token estimate is needed (a token limit or a budget applies)."""
+    scopes = _scopes(client, model)
+    return any(spec.tpm is not None for _, spec in scopes) or (
+        client is not None and client.budget is not None
+    )
+
+
+def limits_for(
+    client: ClientSpec | None, model: ModelSpec, reservation: Reservation, now: float
+) -> Limits:
+    """The limits a request must pass (`now`: epoch seconds, for the budget's period)."""
+    rates: list[Rate] = []
+    slots: list[Slots] = []
+    for prefix, spec in _scopes(client, model):
+        if spec.rpm is not None:
+            rates.append(Rate(f"{prefix}/rpm", spec.rpm, 1))
+        if spec.tpm is not None:
+            rates.append(Rate(f"{prefix}/tpm", spec.tpm, reservation.tokens))
+        if spec.concurrency is not None:
+            slots.append(Slots(f"{prefix}/conc", spec.concurrency))
+    quotas: list[Quota] = []
+    if client is not None and client.budget is not None:
+        budget = client.budget
+        period, ends = budget_period(budget, now)
+        prefix = f"b/{client.name}/{period}"
+        if budget.tokens is not None:
+            quotas.append(Quota(f"{prefix}/tokens", budget.tokens, reservation.tokens, ends))
+        if budget.usd is not None:
+            cost = reservation.micro_usd or 0
+            quotas.append(Quota(f"{prefix}/usd", round(budget.usd * MICRO), cost, ends))
+    return Limits(tuple(rates), tuple(slots), tuple(quotas))
+
+
+def settlement(limits: Limits, actual: Reservation) -> Limits:
+    """The corrections once the request is over: actual - reserved for every token rate and
+    budget counter (request rates and slots need none: a request is one request)."""
+    rates = tuple(
+        Rate(r.key, r.per_minute, actual.tokens - r.cost)
+        for r in limits.rates
+        if r.key.endswith("/tpm")
+    )
+    quotas = tuple(
+        Quota(q.key, q.limit, _actual_of(q, actual) - q.cost, q.expires_ms) for q in limits.quotas
+    )
+    return Limits(rates, limits.slots, quotas)
+
+
+def budget_period(budget: BudgetSpec, now: float) -> tuple[str, float]:
+    """The calendar period (UTC) `now` falls in: its name and when it ends (epoch ms)."""
+    t = datetime.fromtimestamp(now, UTC)
+    if budget.period == "month":
+        days = calendar.monthrange(t.year, t.month)[1]
+        end = datetime(t.year, t.month, days, tzinfo=UTC).timestamp() + 86_400
+        return f"{t.year:04d}-{t.month:02d}", end * 1000
+    start = datetime(t.year, t.month, t.day, tzinfo=UTC).timestamp()
+    return f"{t.year:04d}-{t.month:02d}-{t.day:02d}", (start + 86_400) * 1000
+
+
+def ratelimit_headers(verdict: Verdict) -> dict[str, str]:
+    """OpenAI's `x-ratelimit-*` headers: for requests and for tokens, the tightest of the
+    rate limits that apply (the one with the fewest left)."""
+    headers: dict[str, str] = {}
+    for suffix, kind in (("/rpm", "requests"), ("/tpm", "tokens")):
+        rates = [s for s in verdict.limits if s.kind is Kind.RATE and s.key.endswith(suffix)]
+        if rates:
+            tight = min(rates, key=lambda s: s.remaining)
+            headers[f"x-ratelimit-limit-{kind}"] = str(int(tight.limit))
+            headers[f"x-ratelimit-remaining-{kind}"] = str(int(tight.remaining))
+            headers[f"x-ratelimit-reset-{kind}"] = go_duration(tight.reset)
+    return headers
+
+
+def budget_used(verdict: Verdict) -> Status | None:
+    """The budget counter closest to its limit, if any."""
+    quotas = [s for s in verdict.limits if s.kind is Kind.QUOTA and s.limit > 0]
+    return min(quotas, key=lambda s: s.remaining / s.limit) if quotas else None
+
+
+def refusal(verdict: Verdict, model: str) -> SavepointError:
+    """The 429 a refused request gets: which limit, how long to wait, whether to retry."""
+    blocked = verdict.blocked
+    assert blocked is not None
+    headers = ratelimit_headers(verdict)
+    wait = verdict.retry_after
+    retry = not verdict.exceeds and wait <= 60
+    if not verdict.exceeds:
+        headers["retry-after"] = str(max(1, math.ceil(wait)))
+        headers["retry-after-ms"] = str(max(1, math.ceil(wait * 1000)))
+    headers["x-should-retry"] = "true" if retry else "false"
+    scope = _describe(blocked.key, model)
+    if blocked.kind is Kind.QUOTA:
+        unit = "US dollars" if blocked.key.endswith("/usd") else "tokens"
+        amount = blocked.limit / MICRO if unit == "US dollars" else blocked.limit
+        period = blocked.key.split("/")[2]
+        message = (
+            f"{scope} has used its budget of {amount:g} {unit} for {period} (UTC); "
+            + ("this request alone exceeds it" if verdict.exceeds
+               else f"it renews in {go_duration(wait)}")
+        )  # fmt: skip
+        return BudgetExhausted(message, headers=headers)
+    if blocked.kind is Kind.SLOTS:
+        return RequestsLimited(
+            f"{scope} already has {int(blocked.limit)} requests in flight, its limit; retry "
+            "when one has finished",
+            headers=headers,
+        )
+    tokens = blocked.key.endswith("/tpm")
+    what = "tokens" if tokens else "requests"
+    if verdict.exceeds:
+        message = (
+            f"this request needs more {what} than {scope}'s whole limit of {int(blocked.limit)} "
+            f"{what} per minute (prompt and the output cap `max_tokens` / "
+            "`max_completion_tokens` count); lower the cap or ask for a higher limit"
+        )
+    else:
+        message = (
+            f"{scope} is over its limit of {int(blocked.limit)} {what} per minute; retry in "
+            f"{go_duration(wait)}"
+        )
+    return (TokensLimited if tokens else RequestsLimited)(message, headers=headers)
+
+
+def go_duration(seconds: float) -> str:
+    """A duration as OpenAI writes it in `x-ratelimit-reset-*`: `850ms`, `1s`, `6m0s`."""
+    if seconds < 1:
+        return f"{max(0, round(seconds * 1000))}ms"
+    whole = math.ceil(seconds) if seconds < 60 else int(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
+
+
+def _scopes(client: ClientSpec | None, model: ModelSpec) -> list[tuple[str, LimitSpec]]:
+    scopes: list[tuple[str, LimitSpec]] = []
+    if client is not None:
+        if client.limits:
+            scopes.append((f"c/{client.name}", client.limits))
+        own = client.model_limits.get(model.name)
+        if own:
+            scopes.append((f"cm/{client.name}/{model.name}", own))
+    if model.limits:
+        scopes.append((f"m/{model.name}", model.limits))
+    return scopes
+
+
+def _actual_of(quota: Quota, actual: Reservation) -> float:
+    if quota.key.endswith("/usd"):
+        return float(actual.micro_usd or 0)
+    return float(actual.tokens)
+
+
+def _describe(key: str, model: str) -> str:
+    parts = key.split("/")
+    if parts[0] in ("c", "b"):
+        return f"client `{parts[1]}`"
+    if parts[0] == "cm":
+        return f"client `{parts[1]}` on model `{parts[2]}`"
+    return f"model `{model}` (all clients together)"

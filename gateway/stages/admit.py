@@ -1,0 +1,151 @@
+"""The admission stage: rate limits, concurrency limits and budgets, checked all at once.
+
+Before a request goes on, every limit that applies to it (its client, its client on its
+model, its model; its client's budget) is checked in one atomic store call: a request is
+admitted through all of them or refused by one (429, OpenAI's body and headers) and charged
+nothing. Token limits and budgets reserve an estimate (the prompt counted with tiktoken, plus
+the output cap); once the request is over, `settle` corrects the reservation to the usage the
+provider reported and frees the request's concurrency slots, in the background.
+
+A store that cannot be reached lets requests through (fail open: an outage of the limits'
+store must not become an outage of the gateway), logged once per outage; the answer says
+`x-savepoint-degraded: store`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from gateway.breakers import EventSink
+from gateway.config.schema import ClientSpec, ModelSpec, Policy
+from gateway.decide.admission import (
+    MICRO,
+    Limits,
+    Reservation,
+    budget_used,
+    limits_for,
+    needs_tokens,
+    ratelimit_headers,
+    refusal,
+    settlement,
+)
+from gateway.decide.cost import cost_usd, price_for
+from gateway.decide.limits import Verdict
+from gateway.model import Call, Principal, Trace, Usage
+from gateway.stages.guard import StoreGuard
+from gateway.stores.base import Store
+from gateway.tokens import Tokenizer
+
+DEFAULT_OUTPUT = 1024  # tokens reserved for the answer of a request that sets no output cap
+_LEASE_MARGIN = 60.0  # a concurrency lease outlives the route's deadline by this much
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """An admitted request's reservation, to settle once it is over."""
+
+    limits: Limits
+    reservation: Reservation
+    request_id: str
+
+
+class Admission:
+    def __init__(
+        self, policy: Policy, store: Store, tokenizer: Tokenizer | None, events: EventSink
+    ):
+        self._policy = policy
+        self._store = store
+        self._tokenizer = tokenizer
+        self._events = events
+        self._guard = StoreGuard("limits", events)
+        self._warned: set[str] = set()  # budget periods already logged as past their soft share
+
+    async def admit(
+        self, principal: Principal, spec: ModelSpec, call: Call, trace: Trace
+    ) -> Ticket | None:
+        """Admit the request (its ticket, or None when no limit applies) or raise the 429."""
+        client = self._policy.clients.get(principal.name)
+        if not needs_tokens(client, spec) and not _any_limit(client, spec):
+            return None
+        reservation = await self._reserve(client, spec, call)
+        limits = limits_for(client, spec, reservation, time.time())
+        if not limits:
+            return None
+        lease = spec.deadline + _LEASE_MARGIN
+        ok, verdict = await self._guard.call(
+            self._store.limits_admit(
+                limits.rates, limits.slots, limits.quotas, trace.request_id, lease
+            )
+        )
+        if not ok or verdict is None:
+            trace.extra_headers["x-savepoint-degraded"] = "store"
+            return None
+        if not verdict.allowed:
+            trace.error_code = "rate_limited"
+            raise refusal(verdict, spec.name)
+        trace.extra_headers.update(ratelimit_headers(verdict))
+        self._warn(client, verdict, trace)
+        return Ticket(limits, reservation, trace.request_id)
+
+    def settle(self, ticket: Ticket, trace: Trace) -> None:
+        """Correct the reservation to what the request took, in the background: the usage the
+        provider reported; nothing when no upstream call was made (a hit, a replay, a refusal);
+        the reservation itself when an upstream call was made but reported no usage (a cut
+        stream: the provider may well have billed it)."""
+        actual = ticket.reservation
+        if trace.usage is not None:
+            actual = Reservation(trace.usage.total_tokens, self._micro_usd(trace.usage, trace))
+        elif not trace.attempts:
+            actual = Reservation(0, 0)
+        fix = settlement(ticket.limits, actual)
+        self._guard.later(
+            self._store.limits_settle(fix.rates, fix.quotas, fix.slots, ticket.request_id)
+        )
+
+    async def close(self) -> None:
+        await self._guard.close()
+
+    async def _reserve(self, client: ClientSpec | None, spec: ModelSpec, call: Call) -> Reservation:
+        if not needs_tokens(client, spec):
+            return Reservation(1, None)
+        path, body = call.endpoint.path, call.body
+        assert self._tokenizer is not None, "the composition root loads it for such policies"
+        tokens = await self._tokenizer.estimate(path, call.model, body, DEFAULT_OUTPUT)
+        price = price_for(self._policy.prices, spec.targets[0].model) if spec.targets else None
+        if price is None:
+            return Reservation(tokens, None)
+        cap = self._tokenizer.output_cap(path, body) or DEFAULT_OUTPUT
+        prompt = max(tokens - cap, 0)
+        usage = Usage(prompt_tokens=prompt, completion_tokens=cap, total_tokens=tokens)
+        return Reservation(tokens, round(cost_usd(usage, price) * MICRO))
+
+    def _micro_usd(self, usage: Usage, trace: Trace) -> int:
+        model = (trace.target or "").partition("/")[2]
+        price = price_for(self._policy.prices, model) if model else None
+        return round(cost_usd(usage, price) * MICRO) if price is not None else 0
+
+    def _warn(self, client: ClientSpec | None, verdict: Verdict, trace: Trace) -> None:
+        if client is None or client.budget is None:
+            return
+        tight = budget_used(verdict)
+        if tight is None:
+            return
+        share = 1 - tight.remaining / tight.limit
+        if share < client.budget.soft:
+            return
+        trace.extra_headers["x-savepoint-budget-warning"] = (
+            f"{share:.0%} of the {client.budget.period}'s budget used"
+        )
+        if tight.key not in self._warned:
+            self._warned.add(tight.key)
+            self._events({"event": "budget_soft_limit", "client": client.name,
+                          "budget": tight.key, "used_share": round(share, 3)})  # fmt: skip
+
+
+def _any_limit(client: ClientSpec | None, spec: ModelSpec) -> bool:
+    if spec.limits:
+        return True
+    return client is not None and (
+        bool(client.limits) or spec.name in client.model_limits or client.budget is not None
+    )
