@@ -95,6 +95,8 @@ def line(trace: Trace, now: float) -> bytes:
         record["run"] = trace.run
     if trace.idempotency is not None:
         record["idempotency"] = trace.idempotency
+    if trace.flags:
+        record["flags"] = trace.flags
     if trace.saved is not None:
         record["saved_tokens"] = trace.saved.total_tokens
     if trace.usage is not None:

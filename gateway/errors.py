@@ -17,7 +17,8 @@
     ├── Refused                   429  a limit or the budget says no (rate_limit_exceeded)
     │   ├── RequestsLimited           429  requests per minute, or requests at once
     │   ├── TokensLimited             429  tokens per minute
-    │   └── BudgetExhausted           429  the client's budget for the period (insufficient_quota)
+    │   ├── BudgetExhausted           429  the client's budget for the period (insufficient_quota)
+    │   └── LoopDetected              429  the runaway-agent guard (loop_detected)
     ├── UpstreamError             502  the provider failed; the same request may work later
     │   ├── UpstreamUnreachable       502  connection refused, reset, DNS
     │   ├── UpstreamBadResponse       502  malformed JSON, a stream cut or truncated
@@ -124,6 +125,10 @@ class BudgetExhausted(Refused):
     pass
 
 
+class LoopDetected(Refused):
+    pass
+
+
 class UpstreamError(SavepointError):
     pass
 
@@ -176,6 +181,7 @@ _TABLE: dict[type[SavepointError], HttpShape] = {
     RequestsLimited: HttpShape(429, "requests", "rate_limit_exceeded"),
     TokensLimited: HttpShape(429, "tokens", "rate_limit_exceeded"),
     BudgetExhausted: HttpShape(429, "insufficient_quota", "insufficient_quota"),
+    LoopDetected: HttpShape(429, "invalid_request_error", "loop_detected"),
     UpstreamError: HttpShape(502, "server_error", "upstream_error"),
     UpstreamUnreachable: HttpShape(502, "server_error", "upstream_unreachable"),
     UpstreamBadResponse: HttpShape(502, "server_error", "upstream_bad_response"),

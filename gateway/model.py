@@ -124,4 +124,5 @@ class Trace:
     run: str | None = None  # "<client>/<run id>" for a step of a durable run
     idempotency: str | None = None  # with an Idempotency-Key: executed, replayed, attached
     saved: Usage | None = None  # the usage of a stored answer served instead of a live one
+    flags: list[str] = field(default_factory=list)  # e.g. "loop": the loop guard flagged it
     extra_headers: dict[str, str] = field(default_factory=dict)  # set by stages, on the reply

@@ -1,11 +1,10 @@
 """The fixed order of stages every generation request goes through.
 
-    authenticate -> parse -> resolve policy -> admit -> [loop guard] -> idempotency
-        -> run journal -> response cache -> dispatch
+    authenticate -> parse -> resolve policy -> admit (limits, budget, loop guard)
+        -> idempotency -> run journal -> response cache -> dispatch
 
-The stage in brackets arrives with later work; it slots in at the marked line. Admission
-reserves what a request may take (limits, budget); the reservation is settled once the
-request is over, detached or not. A stage ends a request early by raising a
+Admission reserves what a request may take; the reservation is settled once the request is
+over, detached or not. A stage ends a request early by raising a
 `SavepointError` (rendered once, by the server) or by replying itself. What happened is
 recorded on the request's `Trace`, which the access log writes once the request is over.
 """
@@ -162,8 +161,7 @@ class Pipeline:
             trace.model, trace.stream = call.model, call.stream
             spec = resolve_model(self._policy, principal, call.model)
             check_run_headers(inbound.run, inbound.attempt)
-            ticket = await self._admission.admit(principal, spec, call, trace)
-            # loop guard (issue 5)
+            ticket = await self._admission.admit(principal, spec, call, inbound.run, trace)
             lead = None
             if inbound.idempotency_key is not None:
                 lead = await self._idempotency.lead(

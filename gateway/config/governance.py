@@ -8,10 +8,11 @@ from typing import Any
 
 from gateway.config import fields
 from gateway.config.fields import Path
-from gateway.config.schema import NO_LIMITS, BudgetPeriod, BudgetSpec, LimitSpec
+from gateway.config.schema import NO_LIMITS, BudgetPeriod, BudgetSpec, GuardSpec, LimitSpec
 
 _LIMIT_KEYS = ("rpm", "tpm", "concurrency")
 _BUDGET_KEYS = ("period", "tokens", "usd", "soft")
+_GUARD_KEYS = ("enabled", "repeats", "window", "run_steps", "run_usd", "block")
 _MAX = 10**12
 
 
@@ -57,3 +58,18 @@ def budget(ctx: fields.Problems, value: Any, path: Path) -> BudgetSpec | None:
         return None
     calendar: BudgetPeriod = "month" if period == "month" else "day"
     return BudgetSpec(calendar, tokens, usd or None, d.soft if soft is None else soft)
+
+
+def guard(ctx: fields.Problems, value: Any) -> GuardSpec:
+    path: Path = ("guard",)
+    m = fields.mapping(ctx, value, path, _GUARD_KEYS)
+    d = GuardSpec()
+    steps = fields.integer(ctx, m, "run_steps", path, 0, 1, _MAX) if m.get("run_steps") else None
+    return GuardSpec(
+        enabled=fields.boolean(ctx, m, "enabled", path, d.enabled),
+        repeats=fields.integer(ctx, m, "repeats", path, d.repeats, 1, _MAX),
+        window=fields.seconds(ctx, m, "window", path, d.window),
+        run_steps=steps if "run_steps" in m else d.run_steps,
+        run_usd=fields.number(ctx, m, "run_usd", path, None) or None,
+        block=fields.boolean(ctx, m, "block", path, d.block),
+    )

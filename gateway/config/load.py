@@ -37,7 +37,7 @@ _CLIENT_KEYS = ("key_sha256", "key_env", "models", "limits", "model_limits", "bu
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _TOP_KEYS = (
     "version", "server", "store", "providers", "models", "clients", "retries", "breakers",
-    "admin", "cache", "runs", "idempotency", "prices",
+    "admin", "cache", "runs", "idempotency", "prices", "guard",
 )  # fmt: skip
 _DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
 
@@ -121,6 +121,7 @@ def _policy(ctx: fields.Problems, data: Any, source: str) -> Policy | None:
         runs=_runs(ctx, top.get("runs")),
         idempotency=_idempotency(ctx, top.get("idempotency")),
         prices=prices(ctx, top.get("prices"), ("prices",), shipped_prices()),
+        guard=governance.guard(ctx, top.get("guard")),
         admin_key_hashes=_admin(ctx, top.get("admin")),
     )
 

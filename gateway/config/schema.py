@@ -171,6 +171,21 @@ class BudgetSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class GuardSpec:
+    """The runaway-agent guard. A client sending the same request (same fingerprint) more
+    than `repeats` times within `window` seconds is looping; so is a durable run with more
+    than `run_steps` steps or costing more than `run_usd`. Flagged (log line, header, metric)
+    always; refused (429 `loop_detected`) only with `block`."""
+
+    enabled: bool = True
+    repeats: int = 20
+    window: float = 60.0
+    run_steps: int | None = 1000
+    run_usd: float | None = None
+    block: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class PriceSpec:
     """US dollars per million tokens: prompt tokens not cached, prompt tokens served from the
     provider's prompt cache, completion tokens (reasoning included)."""
@@ -250,6 +265,7 @@ class Policy:
     runs: RunsSpec = RunsSpec()
     idempotency: IdempotencySpec = IdempotencySpec()
     prices: Mapping[str, PriceSpec] = field(default_factory=dict)  # by upstream model name
+    guard: GuardSpec = GuardSpec()
     admin_key_hashes: frozenset[str] = frozenset()  # empty: admin API open only with auth off
 
     @property

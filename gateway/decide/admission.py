@@ -9,6 +9,11 @@ Limit keys use `/`, which names cannot hold, so no two scopes ever share a key:
     cm/<client>/<model>/rpm|tpm|conc the client on one model
     m/<model>/rpm|tpm|conc           the model, every client together
     b/<client>/<period>/tokens|usd   the client's budget for a calendar day or month (UTC)
+    g/<client>/<fingerprint>/<n>     the loop guard: one request's repeats in window n
+    r/<client>/<run>/steps|usd       the loop guard: a durable run's steps and cost
+
+The loop guard's counters are quotas too. Flagging only (the default), their limit is so high
+that they never refuse, and the verdict's `remaining` tells how far the count went.
 
 A budget in dollars is counted in micro-dollars, so its counter stays an exact integer.
 """
@@ -20,16 +25,28 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from gateway.config.schema import BudgetSpec, ClientSpec, LimitSpec, ModelSpec
+from gateway.config.schema import BudgetSpec, ClientSpec, GuardSpec, LimitSpec, ModelSpec
 from gateway.decide.limits import Kind, Quota, Rate, Slots, Status, Verdict
 from gateway.errors import (
     BudgetExhausted,
+    LoopDetected,
     RequestsLimited,
     SavepointError,
     TokensLimited,
 )
 
 MICRO = 1_000_000  # micro-dollars per dollar
+UNBOUNDED = 1e15  # the limit of a counter that only counts (exact in doubles)
+RUN_COUNTERS_MS = 24 * 3600 * 1000.0  # a run's guard counters live a day past its last step
+
+
+@dataclass(frozen=True, slots=True)
+class Looping:
+    """What the loop guard saw: the counter past its threshold, and how far."""
+
+    key: str
+    count: float
+    threshold: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,12 +68,58 @@ class Limits:
         return bool(self.rates or self.slots or self.quotas)
 
 
-def needs_tokens(client: ClientSpec | None, model: ModelSpec) -> bool:
-    """Whether a token estimate is needed (a token limit or a budget applies)."""
+def needs_tokens(client: ClientSpec | None, model: ModelSpec, guard: GuardSpec) -> bool:
+    """Whether a token estimate is needed (a token limit, a budget or a run cost cap)."""
     scopes = _scopes(client, model)
-    return any(spec.tpm is not None for _, spec in scopes) or (
-        client is not None and client.budget is not None
+    return (
+        any(spec.tpm is not None for _, spec in scopes)
+        or (client is not None and client.budget is not None)
+        or (guard.enabled and guard.run_usd is not None)
     )
+
+
+def guard_limits(
+    guard: GuardSpec,
+    who: str,
+    fingerprint: str,
+    run: str | None,
+    reservation: Reservation,
+    now: float,
+) -> tuple[Quota, ...]:
+    """The loop guard's counters for a request: its repeats in the current window (fixed
+    windows of `guard.window`: a loop straddling two windows may repeat up to twice the
+    threshold before it is seen), and its run's steps and cost."""
+    if not guard.enabled:
+        return ()
+
+    def cap(threshold: float) -> float:
+        return threshold if guard.block else UNBOUNDED
+
+    window_ms = guard.window * 1000
+    n = int(now * 1000 // window_ms)
+    quotas = [Quota(f"g/{who}/{fingerprint[:32]}/{n}", cap(guard.repeats), 1, (n + 1) * window_ms)]
+    if run is not None:
+        ends = now * 1000 + RUN_COUNTERS_MS
+        if guard.run_steps is not None:
+            quotas.append(Quota(f"r/{who}/{run}/steps", cap(guard.run_steps), 1, ends))
+        if guard.run_usd is not None:
+            cost = reservation.micro_usd or 0
+            quotas.append(
+                Quota(f"r/{who}/{run}/usd", cap(round(guard.run_usd * MICRO)), cost, ends)
+            )
+    return tuple(quotas)
+
+
+def looping(guard: GuardSpec, verdict: Verdict) -> Looping | None:
+    """The guard counter past its threshold after an admitted request, if any."""
+    for status in verdict.limits:
+        if status.kind is not Kind.QUOTA or status.key[0] not in "gr":
+            continue
+        threshold = _threshold(guard, status.key)
+        count = status.limit - status.remaining
+        if threshold is not None and count > threshold:
+            return Looping(status.key, count, threshold)
+    return None
 
 
 def limits_for(
@@ -94,7 +157,9 @@ def settlement(limits: Limits, actual: Reservation) -> Limits:
         if r.key.endswith("/tpm")
     )
     quotas = tuple(
-        Quota(q.key, q.limit, _actual_of(q, actual) - q.cost, q.expires_ms) for q in limits.quotas
+        Quota(q.key, q.limit, _actual_of(q, actual) - q.cost, q.expires_ms)
+        for q in limits.quotas
+        if q.key.endswith(("/tokens", "/usd"))  # counts of requests and steps stand
     )
     return Limits(rates, limits.slots, quotas)
 
@@ -134,6 +199,8 @@ def refusal(verdict: Verdict, model: str) -> SavepointError:
     """The 429 a refused request gets: which limit, how long to wait, whether to retry."""
     blocked = verdict.blocked
     assert blocked is not None
+    if blocked.key[0] in "gr":
+        return _loop_refusal(blocked)
     headers = ratelimit_headers(verdict)
     wait = verdict.retry_after
     retry = not verdict.exceeds and wait <= 60
@@ -172,6 +239,31 @@ def refusal(verdict: Verdict, model: str) -> SavepointError:
             f"{go_duration(wait)}"
         )
     return (TokensLimited if tokens else RequestsLimited)(message, headers=headers)
+
+
+def _loop_refusal(blocked: Status) -> SavepointError:
+    headers = {"x-should-retry": "false"}
+    parts = blocked.key.split("/")
+    limit = blocked.limit
+    if parts[0] == "g":
+        message = (
+            f"loop detected: client `{parts[1]}` sent this same request more than {limit:g} "
+            "times in the guard's window; the agent is probably stuck repeating a step. Change "
+            "the request, or wait for the window to pass"
+        )
+    elif parts[3] == "steps":
+        message = f"loop detected: run `{parts[2]}` has taken more than {limit:g} steps"
+    else:
+        message = f"loop detected: run `{parts[2]}` has cost more than ${limit / MICRO:g}"
+    return LoopDetected(message, headers=headers)
+
+
+def _threshold(guard: GuardSpec, key: str) -> float | None:
+    if key.startswith("g/"):
+        return guard.repeats
+    if key.endswith("/steps"):
+        return guard.run_steps
+    return round(guard.run_usd * MICRO) if guard.run_usd is not None else None
 
 
 def go_duration(seconds: float) -> str:

@@ -18,19 +18,22 @@ import time
 from dataclasses import dataclass
 
 from gateway.breakers import EventSink
-from gateway.config.schema import ClientSpec, ModelSpec, Policy
+from gateway.config.schema import ClientSpec, GuardSpec, ModelSpec, Policy
 from gateway.decide.admission import (
     MICRO,
     Limits,
     Reservation,
     budget_used,
+    guard_limits,
     limits_for,
+    looping,
     needs_tokens,
     ratelimit_headers,
     refusal,
     settlement,
 )
 from gateway.decide.cost import cost_usd, price_for
+from gateway.decide.keys import fingerprint
 from gateway.decide.limits import Verdict
 from gateway.model import Call, Principal, Trace, Usage
 from gateway.stages.guard import StoreGuard
@@ -59,17 +62,27 @@ class Admission:
         self._tokenizer = tokenizer
         self._events = events
         self._guard = StoreGuard("limits", events)
-        self._warned: set[str] = set()  # budget periods already logged as past their soft share
+        self._warned: set[str] = set()  # budget periods and loop counters already logged
 
     async def admit(
-        self, principal: Principal, spec: ModelSpec, call: Call, trace: Trace
+        self, principal: Principal, spec: ModelSpec, call: Call, run: str | None, trace: Trace
     ) -> Ticket | None:
-        """Admit the request (its ticket, or None when no limit applies) or raise the 429."""
+        """Admit the request (its ticket, or None when nothing applies) or raise the 429."""
         client = self._policy.clients.get(principal.name)
-        if not needs_tokens(client, spec) and not _any_limit(client, spec):
+        guard = self._policy.guard
+        if (
+            not guard.enabled
+            and not needs_tokens(client, spec, guard)
+            and not _any_limit(client, spec)
+        ):
             return None
         reservation = await self._reserve(client, spec, call)
-        limits = limits_for(client, spec, reservation, time.time())
+        now = time.time()
+        limits = limits_for(client, spec, reservation, now)
+        if guard.enabled:
+            request = fingerprint("POST", call.endpoint.path, call.body)
+            counters = guard_limits(guard, principal.name, request, run, reservation, now)
+            limits = Limits(limits.rates, limits.slots, limits.quotas + counters)
         if not limits:
             return None
         lease = spec.deadline + _LEASE_MARGIN
@@ -82,10 +95,10 @@ class Admission:
             trace.extra_headers["x-savepoint-degraded"] = "store"
             return None
         if not verdict.allowed:
-            trace.error_code = "rate_limited"
-            raise refusal(verdict, spec.name)
+            raise refusal(verdict, spec.name)  # its code goes on the trace where it is rendered
         trace.extra_headers.update(ratelimit_headers(verdict))
         self._warn(client, verdict, trace)
+        self._flag(principal, guard, verdict, trace)
         return Ticket(limits, reservation, trace.request_id)
 
     def settle(self, ticket: Ticket, trace: Trace) -> None:
@@ -107,7 +120,7 @@ class Admission:
         await self._guard.close()
 
     async def _reserve(self, client: ClientSpec | None, spec: ModelSpec, call: Call) -> Reservation:
-        if not needs_tokens(client, spec):
+        if not needs_tokens(client, spec, self._policy.guard):
             return Reservation(1, None)
         path, body = call.endpoint.path, call.body
         assert self._tokenizer is not None, "the composition root loads it for such policies"
@@ -141,6 +154,19 @@ class Admission:
             self._warned.add(tight.key)
             self._events({"event": "budget_soft_limit", "client": client.name,
                           "budget": tight.key, "used_share": round(share, 3)})  # fmt: skip
+
+    def _flag(self, principal: Principal, guard: GuardSpec, verdict: Verdict, trace: Trace) -> None:
+        """A request past the loop guard's threshold, not blocked: say so, log it once."""
+        loop = looping(guard, verdict)
+        if loop is None:
+            return
+        trace.extra_headers["x-savepoint-loop"] = f"{loop.key.split('/')[0]}:{loop.count:g}"
+        trace.flags.append("loop")
+        if loop.key not in self._warned:
+            self._warned.add(loop.key)
+            self._events({"event": "loop_detected", "client": principal.name,
+                          "counter": loop.key, "count": loop.count,
+                          "threshold": loop.threshold, "blocked": False})  # fmt: skip
 
 
 def _any_limit(client: ClientSpec | None, spec: ModelSpec) -> bool:

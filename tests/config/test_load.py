@@ -69,7 +69,7 @@ PROVIDER = "providers:\n  up: {kind: openai}\n"
             "modles: {}\n" + BASE,
             "1: modles: unknown key; expected one of: version, server, "
             "store, providers, models, clients, retries, breakers, admin, cache, runs, "
-            "idempotency, prices",
+            "idempotency, prices, guard",
         ),
         (
             BASE + "server: {max_body_bytes: lots}\n",
