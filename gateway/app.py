@@ -1,8 +1,8 @@
 """The composition root: the one place that builds the application from a loaded policy.
 
-Stores, provider clients, the in-process mock, the access log and the pipeline are created
-here and nowhere else; each resource is opened and closed as a pair in a cleanup context.
-Nothing is created at import time.
+Stores, provider clients, the in-process mock, the access log, the metrics and the pipeline
+are created here and nowhere else; each resource is opened and closed as a pair in a cleanup
+context. Nothing is created at import time.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from gateway.breakers import EventSink, Health
 from gateway.config.schema import Policy, ProviderSpec
 from gateway.ejections import EjectionSync
 from gateway.lifecycle import Drain
+from gateway.metrics import Metrics
 from gateway.mock import Knobs, build_mock_app, parse_knob_header
 from gateway.pipeline import Pipeline
 from gateway.providers.base import Provider
@@ -29,6 +30,7 @@ from gateway.server import (
     ACCESS_LOG,
     DRAIN,
     HEALTH,
+    METRICS,
     PIPELINE,
     POLICY,
     RUNS,
@@ -61,6 +63,7 @@ def build_app(
     app[DRAIN] = drain
     app[STORE] = store
     app[ACCESS_LOG] = access_log
+    app[METRICS] = Metrics(policy)
     app[STARTED_AT] = int(time.time())
     targets = sorted({t.label for m in policy.models.values() for t in m.targets})
     ejections = EjectionSync(store, targets, access_log.event)
@@ -91,10 +94,14 @@ def build_app(
 
 def needs_tokenizer(policy: Policy) -> bool:
     """Whether requests must be counted: a token limit or a budget somewhere."""
-    models = policy.models.values()
-    return any(m.limits.tpm for m in models) or any(
-        c.budget is not None or c.limits.tpm or any(lim.tpm for lim in c.model_limits.values())
-        for c in policy.clients.values()
+    models, guard = policy.models.values(), policy.guard
+    return (
+        any(m.limits.tpm for m in models)
+        or (guard.enabled and guard.run_usd is not None)
+        or any(
+            c.budget is not None or c.limits.tpm or any(lim.tpm for lim in c.model_limits.values())
+            for c in policy.clients.values()
+        )
     )
 
 

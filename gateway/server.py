@@ -2,7 +2,8 @@
 
 `errors_and_access_log` is the only middleware. It gives every request a `Trace` and a
 request id, renders every `SavepointError` (and aiohttp's own 404/405/413) as an
-OpenAI-shaped error, and writes the access-log line when the request is over.
+OpenAI-shaped error, and when the request is over writes the access-log line and counts it in
+the metrics. Health probes and successful scrapes of `/metrics` are neither logged nor counted.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from aiohttp import web
 from gateway.accesslog import AccessLog
 from gateway.breakers import Health
 from gateway.config.schema import Policy
-from gateway.decide.auth import key_from_headers
+from gateway.decide.auth import authenticate, key_from_headers
 from gateway.decide.routing import may_use, visible_models
 from gateway.errors import (
+    AdminNotConfigured,
     ClientDisconnected,
     GatewayUnavailable,
     MethodNotAllowed,
@@ -35,6 +37,7 @@ from gateway.errors import (
     stream_error_event,
 )
 from gateway.lifecycle import Drain
+from gateway.metrics import CONTENT_TYPE, Metrics, refused_limit
 from gateway.model import Endpoint, Principal, Trace
 from gateway.pipeline import Inbound, Pipeline
 from gateway.stages.runs import RunJournal
@@ -50,9 +53,12 @@ STORE = web.AppKey("store", Store)
 STARTED_AT = web.AppKey("started_at", int)
 HEALTH = web.AppKey("health", Health)
 RUNS = web.AppKey("runs", RunJournal)
+METRICS = web.AppKey("metrics", Metrics)
 TRACE = web.RequestKey("trace", Trace)
 
 _PROBES = frozenset(("/healthz", "/readyz"))
+_SCRAPE = "/metrics"
+_OPERATOR = Principal("admin", frozenset())  # the admin API's principal (admin.py)
 _ROUTES = (
     "POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses; GET /v1/models"
 )
@@ -66,6 +72,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/models/{model}", get_model)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get(_SCRAPE, metrics)
     app.middlewares.append(errors_and_access_log)
 
 
@@ -75,12 +82,14 @@ async def errors_and_access_log(request: web.Request, handler: _Handler) -> web.
         return await handler(request)
     trace = Trace(os.urandom(16).hex(), request.method, request.path, time.monotonic())
     request[TRACE] = trace
+    refused: str | None = None  # the limit that refused the request
     try:
         response = await handler(request)
         if not trace.status:
             trace.status = response.status
         return response
     except SavepointError as error:
+        refused = refused_limit(error)
         return _render(error, trace)
     except web.HTTPException as exc:
         return _render(_from_http_exception(request, exc), trace, exc.headers)
@@ -98,7 +107,10 @@ async def errors_and_access_log(request: web.Request, handler: _Handler) -> web.
                b'"server_error","param":null,"code":"internal_error"}}'  # fmt: skip
         return web.Response(status=500, body=body, content_type="application/json")
     finally:
-        request.app[ACCESS_LOG].write(trace, time.monotonic())
+        ended = time.monotonic()
+        if trace.path != _SCRAPE or trace.status != 200:  # a refused scrape is worth a line
+            request.app[ACCESS_LOG].write(trace, ended)
+            request.app[METRICS].observe(trace, ended, refused)
 
 
 def _render(
@@ -273,6 +285,22 @@ def _id(request: web.Request) -> dict[str, str]:
 
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics, behind the admin API's rule (admin.py): the admin key when the
+    policy has one; open when authentication is off altogether; refused otherwise. They show
+    each client's spend and every breaker, which `/admin/breakers` guards too."""
+    policy = request.app[POLICY]
+    if policy.admin_key_hashes:
+        authenticate(dict.fromkeys(policy.admin_key_hashes, _OPERATOR), request_key(request))
+    elif policy.auth_enabled:
+        raise AdminNotConfigured(
+            "/metrics needs the admin key: add `admin: {key_env: SAVEPOINT_ADMIN_KEY}` to the "
+            "policy and have Prometheus send it (`authorization: {credentials: ...}`)"
+        )
+    body = request.app[METRICS].render(request.app[HEALTH].snapshot())
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 async def readyz(request: web.Request) -> web.Response:

@@ -22,6 +22,7 @@ RANK = {
     "gateway.lifecycle": 3,
     "gateway.ejections": 4,
     "gateway.accesslog": 3,
+    "gateway.metrics": 3,
     "gateway.tokens": 3,
     "gateway.breakers": 3,
     "gateway.stages": 4,
