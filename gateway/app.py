@@ -97,7 +97,7 @@ def needs_tokenizer(policy: Policy) -> bool:
     models, guard = policy.models.values(), policy.guard
     return (
         any(m.limits.tpm for m in models)
-        or (guard.enabled and guard.run_usd is not None)
+        or (guard.enabled is not False and guard.run_usd is not None)
         or any(
             c.budget is not None or c.limits.tpm or any(lim.tpm for lim in c.model_limits.values())
             for c in policy.clients.values()

@@ -66,7 +66,7 @@ def guard(ctx: fields.Problems, value: Any) -> GuardSpec:
     d = GuardSpec()
     steps = fields.integer(ctx, m, "run_steps", path, 0, 1, _MAX) if m.get("run_steps") else None
     return GuardSpec(
-        enabled=fields.boolean(ctx, m, "enabled", path, d.enabled),
+        enabled=fields.boolean(ctx, m, "enabled", path, True) if "enabled" in m else d.enabled,
         repeats=fields.integer(ctx, m, "repeats", path, d.repeats, 1, _MAX),
         window=fields.seconds(ctx, m, "window", path, d.window),
         run_steps=steps if "run_steps" in m else d.run_steps,

@@ -175,9 +175,11 @@ class GuardSpec:
     """The runaway-agent guard. A client sending the same request (same fingerprint) more
     than `repeats` times within `window` seconds is looping; so is a durable run with more
     than `run_steps` steps or costing more than `run_usd`. Flagged (log line, header, metric)
-    always; refused (429 `loop_detected`) only with `block`."""
+    always; refused (429 `loop_detected`) only with `block`. `enabled`: None (the default)
+    counts the requests that pass through limits or a budget anyway (the counters ride on
+    the same store call, at no extra round trip); True counts every request; False none."""
 
-    enabled: bool = True
+    enabled: bool | None = None
     repeats: int = 20
     window: float = 60.0
     run_steps: int | None = 1000

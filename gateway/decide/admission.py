@@ -74,7 +74,7 @@ def needs_tokens(client: ClientSpec | None, model: ModelSpec, guard: GuardSpec) 
     return (
         any(spec.tpm is not None for _, spec in scopes)
         or (client is not None and client.budget is not None)
-        or (guard.enabled and guard.run_usd is not None)
+        or (guard.enabled is not False and guard.run_usd is not None)
     )
 
 
@@ -89,7 +89,7 @@ def guard_limits(
     """The loop guard's counters for a request: its repeats in the current window (fixed
     windows of `guard.window`: a loop straddling two windows may repeat up to twice the
     threshold before it is seen), and its run's steps and cost."""
-    if not guard.enabled:
+    if guard.enabled is False:
         return ()
 
     def cap(threshold: float) -> float:

@@ -70,16 +70,13 @@ class Admission:
         """Admit the request (its ticket, or None when nothing applies) or raise the 429."""
         client = self._policy.clients.get(principal.name)
         guard = self._policy.guard
-        if (
-            not guard.enabled
-            and not needs_tokens(client, spec, guard)
-            and not _any_limit(client, spec)
-        ):
-            return None
+        limited = needs_tokens(client, spec, guard) or _any_limit(client, spec)
+        if not limited and not guard.enabled:
+            return None  # no store call: the guard, by default, only rides along with limits
         reservation = await self._reserve(client, spec, call)
         now = time.time()
         limits = limits_for(client, spec, reservation, now)
-        if guard.enabled:
+        if guard.enabled or (guard.enabled is None and limits):
             request = fingerprint("POST", call.endpoint.path, call.body)
             counters = guard_limits(guard, principal.name, request, run, reservation, now)
             limits = Limits(limits.rates, limits.slots, limits.quotas + counters)

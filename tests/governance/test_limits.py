@@ -197,7 +197,7 @@ def _guarded(gateways: Gateways, scope: str, guard: str) -> Gateway:
 def test_the_loop_guard_flags_a_repeated_request_and_blocks_when_told(
     gateways: Gateways,
 ) -> None:
-    flagging = _guarded(gateways, f"{SCOPE}-flag", "{repeats: 3, window: 60s}")
+    flagging = _guarded(gateways, f"{SCOPE}-flag", "{enabled: true, repeats: 3, window: 60s}")
     client = flagging.client(api_key=ALICE, max_retries=0)
     answers = [_ask_raw(client) for _ in range(5)]
     assert all(a.status_code == 200 for a in answers)  # flagged, not blocked
@@ -207,7 +207,9 @@ def test_the_loop_guard_flags_a_repeated_request_and_blocks_when_told(
     assert '"event":"loop_detected"' in flagging.proc.stderr()
     assert "x-savepoint-loop" not in _ask_raw(client, "something else").headers
 
-    blocking = _guarded(gateways, f"{SCOPE}-block", "{repeats: 3, window: 60s, block: true}")
+    blocking = _guarded(
+        gateways, f"{SCOPE}-block", "{enabled: true, repeats: 3, window: 60s, block: true}"
+    )
     client = blocking.client(api_key=ALICE, max_retries=0)
     for _ in range(3):
         _ask_raw(client)
@@ -220,7 +222,7 @@ def test_the_loop_guard_flags_a_repeated_request_and_blocks_when_told(
 
 
 def test_the_loop_guard_caps_a_runs_steps(gateways: Gateways) -> None:
-    gw = _guarded(gateways, f"{SCOPE}-steps", "{run_steps: 3, block: true}")
+    gw = _guarded(gateways, f"{SCOPE}-steps", "{enabled: true, run_steps: 3, block: true}")
     client = gw.client(api_key=ALICE, max_retries=0, default_headers={"X-Savepoint-Run": "r1"})
     for i in range(3):
         _ask_raw(client, f"step {i}")
@@ -233,3 +235,16 @@ def _ask_raw(client: openai.OpenAI, text: str = "same again") -> Any:
     return client.chat.completions.with_raw_response.create(
         model="mock-gpt", messages=[{"role": "user", "content": text}]
     )
+
+
+def test_by_default_the_guard_counts_only_requests_that_limits_apply_to(
+    gateways: Gateways,
+) -> None:
+    scope = f"{SCOPE}-auto"
+    policy = _policy(f'{{path: "{{tmp}}/limits-{scope}.db"}}', scope, "limits: {rpm: 1000}")
+    gw = gateways.start(policy + "guard: {repeats: 2}\n")
+    alice = gw.client(api_key=ALICE, max_retries=0)
+    flags = ["x-savepoint-loop" in _ask_raw(alice, "auto").headers for _ in range(3)]
+    assert flags == [False, False, True]  # alice has a limit: counted on the same store call
+    bob = gw.client(api_key=BOB, max_retries=0)
+    assert not any("x-savepoint-loop" in _ask_raw(bob, "auto").headers for _ in range(3))
