@@ -123,7 +123,7 @@ class Pipeline:
             if lead is not None:
                 lead.settle(capture, error)
             if ticket is not None:
-                self._admission.settle(ticket, trace)
+                await self._admission.settle(ticket, trace)
 
     async def _detachable(self, live: Coroutine[Any, Any, None], trace: Trace) -> None:
         """Detach and complete: if the client goes away, the call it paid for goes on to the
@@ -185,6 +185,8 @@ class Pipeline:
                 task.uncancel()  # we answer instead of dying; the cancellation was ours
             raise GatewayUnavailable(SHUTDOWN) from None
         finally:
-            if ticket is not None:  # answered before `_answer`: replayed, attached, refused
-                self._admission.settle(ticket, trace)
-            self._drain.leave(token)
+            try:
+                if ticket is not None:  # answered before `_answer`: replayed, attached, refused
+                    await self._admission.settle(ticket, trace)
+            finally:
+                self._drain.leave(token)

@@ -154,12 +154,13 @@ def settlement(limits: Limits, actual: Reservation) -> Limits:
     rates = tuple(
         Rate(r.key, r.per_minute, actual.tokens - r.cost)
         for r in limits.rates
-        if r.key.endswith("/tpm")
+        if r.key.endswith("/tpm") and actual.tokens != r.cost
     )
     quotas = tuple(
         Quota(q.key, q.limit, _actual_of(q, actual) - q.cost, q.expires_ms)
         for q in limits.quotas
-        if q.key.endswith(("/tokens", "/usd"))  # counts of requests and steps stand
+        # counts of requests and steps stand; an exact reservation needs no correction
+        if q.key.endswith(("/tokens", "/usd")) and _actual_of(q, actual) != q.cost
     )
     return Limits(rates, limits.slots, quotas)
 

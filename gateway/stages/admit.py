@@ -42,6 +42,7 @@ from gateway.tokens import Tokenizer
 
 DEFAULT_OUTPUT = 1024  # tokens reserved for the answer of a request that sets no output cap
 _LEASE_MARGIN = 60.0  # a concurrency lease outlives the route's deadline by this much
+_WARNED_MAX = 10_000  # counters logged once each; forgotten wholesale past this many
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,20 +99,26 @@ class Admission:
         self._flag(principal, guard, verdict, trace)
         return Ticket(limits, reservation, trace.request_id)
 
-    def settle(self, ticket: Ticket, trace: Trace) -> None:
-        """Correct the reservation to what the request took, in the background: the usage the
-        provider reported; nothing when no upstream call was made (a hit, a replay, a refusal);
-        the reservation itself when an upstream call was made but reported no usage (a cut
-        stream: the provider may well have billed it)."""
+    async def settle(self, ticket: Ticket, trace: Trace) -> None:
+        """Correct the reservation to what the request took: the usage the provider reported;
+        nothing when no upstream call was made (a hit, a replay, a refusal); the reservation
+        itself when an upstream call was made but reported no usage (a cut stream: the
+        provider may well have billed it). Concurrency slots are given back before this
+        returns, so that a client whose answer is out can send its next request at once;
+        token corrections alone are written in the background."""
         actual = ticket.reservation
         if trace.usage is not None:
             actual = Reservation(trace.usage.total_tokens, self._micro_usd(trace.usage, trace))
         elif not trace.attempts:
             actual = Reservation(0, 0)
         fix = settlement(ticket.limits, actual)
-        self._guard.later(
-            self._store.limits_settle(fix.rates, fix.quotas, fix.slots, ticket.request_id)
-        )
+        if not fix:  # nothing to correct, no slot to give back: no store call
+            return
+        write = self._store.limits_settle(fix.rates, fix.quotas, fix.slots, ticket.request_id)
+        if fix.slots:
+            await self._guard.call(write)
+        else:
+            self._guard.later(write)
 
     async def close(self) -> None:
         await self._guard.close()
@@ -147,8 +154,7 @@ class Admission:
         trace.extra_headers["x-savepoint-budget-warning"] = (
             f"{share:.0%} of the {client.budget.period}'s budget used"
         )
-        if tight.key not in self._warned:
-            self._warned.add(tight.key)
+        if self._first_time(tight.key):
             self._events({"event": "budget_soft_limit", "client": client.name,
                           "budget": tight.key, "used_share": round(share, 3)})  # fmt: skip
 
@@ -159,11 +165,20 @@ class Admission:
             return
         trace.extra_headers["x-savepoint-loop"] = f"{loop.key.split('/')[0]}:{loop.count:g}"
         trace.flags.append("loop")
-        if loop.key not in self._warned:
-            self._warned.add(loop.key)
+        if self._first_time(loop.key):
             self._events({"event": "loop_detected", "client": principal.name,
                           "counter": loop.key, "count": loop.count,
                           "threshold": loop.threshold, "blocked": False})  # fmt: skip
+
+    def _first_time(self, key: str) -> bool:
+        """Whether `key` is logged for the first time (a bounded memory: loop counters are
+        per request fingerprint and window, so they never stop coming)."""
+        if key in self._warned:
+            return False
+        if len(self._warned) >= _WARNED_MAX:
+            self._warned.clear()
+        self._warned.add(key)
+        return True
 
 
 def _any_limit(client: ClientSpec | None, spec: ModelSpec) -> bool:
