@@ -231,3 +231,49 @@ def gateways(mock: Mock, tmp_path_factory: pytest.TempPathFactory) -> Iterator[G
 def gateway(gateways: Gateways) -> Gateway:
     """The plain gateway: auth off, one provider (the mock)."""
     return gateways.basic()
+
+
+class OwnRedis:
+    """A redis-server of our own (password `hunter2`) that a test can stop and start again on
+    the same port, so stopping it disturbs nothing else."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://:hunter2@127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        assert self.proc is None
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--requirepass",
+                "hunter2",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None

@@ -7,18 +7,15 @@ Keys are unique per test (uuid4 hex), so runs against the shared Redis never mee
 from __future__ import annotations
 
 import asyncio
-import socket
 import sqlite3
-import subprocess
-import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
 import redis
-from harness import free_port
+from harness import OwnRedis
 from redis.exceptions import RedisError
 
 from gateway.stores.base import IdemRecord, Store, StoreUnavailable
@@ -36,62 +33,6 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
     if request.param == "sqlite":
         return SqliteStore(str(tmp_path / "nested" / "sp.db"))
     return RedisStore(SHARED_REDIS)
-
-
-class OwnRedis:
-    """A redis-server of our own (password `hunter2`) that a test can stop and start again on
-    the same port, so stopping it disturbs nothing else."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://:hunter2@127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        assert self.proc is None
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--requirepass",
-                "hunter2",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
-
-
-@pytest.fixture
-def own_redis() -> Iterator[OwnRedis]:
-    server = OwnRedis()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def with_open(store: Store, body: Callable[[Store], Awaitable[T]]) -> T:

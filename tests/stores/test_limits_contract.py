@@ -10,18 +10,16 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-import socket
 import sqlite3
-import subprocess
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
 import redis
-from harness import free_port
+from harness import OwnRedis
 from redis.exceptions import RedisError
 
 from gateway.decide import limits
@@ -50,50 +48,6 @@ def replicas(request: pytest.FixtureRequest, tmp_path: Path) -> list[Store]:
     if request.param == "sqlite":
         return [SqliteStore(str(tmp_path / "sp.db")) for _ in range(2)]
     return [RedisStore(SHARED_REDIS) for _ in range(3)]
-
-
-class OwnRedis:
-    """A redis-server of our own that a test can stop and start again on the same port."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://:hunter2@127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        assert self.proc is None
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--requirepass", "hunter2"],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
-
-
-@pytest.fixture
-def own_redis() -> Iterator[OwnRedis]:
-    server = OwnRedis()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def with_open(stores: Store | Sequence[Store], body: Callable[..., Awaitable[T]]) -> T:
