@@ -15,8 +15,9 @@ from aiohttp import web
 
 from gateway.decide.auth import authenticate
 from gateway.errors import AdminNotConfigured, RunNotFound, StoreUnavailableError
+from gateway.metrics import CONTENT_TYPE
 from gateway.model import ANONYMOUS, Principal
-from gateway.server import HEALTH, POLICY, RUNS, TRACE, request_key
+from gateway.server import HEALTH, METRICS, POLICY, RUNS, SCRAPE, TRACE, request_key
 from gateway.stages.runs import run_key
 
 ADMIN = Principal("admin", frozenset())
@@ -26,20 +27,30 @@ def add_admin_routes(app: web.Application) -> None:
     app.router.add_get("/admin/breakers", breakers)
     app.router.add_get("/admin/runs/{run}", run_steps)
     app.router.add_delete("/admin/runs/{run}", drop_run)
+    app.router.add_get(SCRAPE, metrics)
 
 
-def _check_admin(request: web.Request) -> None:
+def _check_admin(request: web.Request, what: str = "the admin API") -> None:
     policy = request.app[POLICY]
     if not policy.admin_key_hashes:
         if policy.auth_enabled:
             raise AdminNotConfigured(
-                "the admin API needs an admin key: add `admin: {key_env: SAVEPOINT_ADMIN_KEY}` "
+                f"{what} needs an admin key: add `admin: {{key_env: SAVEPOINT_ADMIN_KEY}}` "
                 "to the policy"
             )
     else:
         admins = {key_hash: ADMIN for key_hash in policy.admin_key_hashes}
         authenticate(admins, request_key(request))
     request[TRACE].client = ADMIN.name
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics, behind the admin API's rule: they show each client's spend and
+    every breaker, which `/admin/breakers` guards too (Prometheus sends the key with
+    `authorization: {credentials: ...}`)."""
+    _check_admin(request, "/metrics")
+    body = request.app[METRICS].render(request.app[HEALTH].snapshot())
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 async def breakers(request: web.Request) -> web.Response:

@@ -186,7 +186,7 @@ class Pipeline:
             raise GatewayUnavailable(SHUTDOWN) from None
         finally:
             try:
-                if ticket is not None:  # answered before `_answer`: replayed, attached, refused
+                if ticket is not None:  # over before `_answer`: replayed, attached, or a 409/422
                     await self._admission.settle(ticket, trace)
             finally:
                 self._drain.leave(token)

@@ -20,10 +20,9 @@ from aiohttp import web
 from gateway.accesslog import AccessLog
 from gateway.breakers import Health
 from gateway.config.schema import Policy
-from gateway.decide.auth import authenticate, key_from_headers
+from gateway.decide.auth import key_from_headers
 from gateway.decide.routing import may_use, visible_models
 from gateway.errors import (
-    AdminNotConfigured,
     ClientDisconnected,
     GatewayUnavailable,
     MethodNotAllowed,
@@ -37,7 +36,7 @@ from gateway.errors import (
     stream_error_event,
 )
 from gateway.lifecycle import Drain
-from gateway.metrics import CONTENT_TYPE, Metrics, refused_limit
+from gateway.metrics import Metrics, refused_limit
 from gateway.model import Endpoint, Principal, Trace
 from gateway.pipeline import Inbound, Pipeline
 from gateway.stages.runs import RunJournal
@@ -57,8 +56,7 @@ METRICS = web.AppKey("metrics", Metrics)
 TRACE = web.RequestKey("trace", Trace)
 
 _PROBES = frozenset(("/healthz", "/readyz"))
-_SCRAPE = "/metrics"
-_OPERATOR = Principal("admin", frozenset())  # the admin API's principal (admin.py)
+SCRAPE = "/metrics"  # served by admin.py
 _ROUTES = (
     "POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses; GET /v1/models"
 )
@@ -72,7 +70,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/models/{model}", get_model)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get(_SCRAPE, metrics)
     app.middlewares.append(errors_and_access_log)
 
 
@@ -108,7 +105,7 @@ async def errors_and_access_log(request: web.Request, handler: _Handler) -> web.
         return web.Response(status=500, body=body, content_type="application/json")
     finally:
         ended = time.monotonic()
-        if trace.path != _SCRAPE or trace.status != 200:  # a refused scrape is worth a line
+        if trace.path != SCRAPE or trace.status != 200:  # a refused scrape is worth a line
             request.app[ACCESS_LOG].write(trace, ended)
             request.app[METRICS].observe(trace, ended, refused)
 
@@ -285,22 +282,6 @@ def _id(request: web.Request) -> dict[str, str]:
 
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
-
-
-async def metrics(request: web.Request) -> web.Response:
-    """Prometheus metrics, behind the admin API's rule (admin.py): the admin key when the
-    policy has one; open when authentication is off altogether; refused otherwise. They show
-    each client's spend and every breaker, which `/admin/breakers` guards too."""
-    policy = request.app[POLICY]
-    if policy.admin_key_hashes:
-        authenticate(dict.fromkeys(policy.admin_key_hashes, _OPERATOR), request_key(request))
-    elif policy.auth_enabled:
-        raise AdminNotConfigured(
-            "/metrics needs the admin key: add `admin: {key_env: SAVEPOINT_ADMIN_KEY}` to the "
-            "policy and have Prometheus send it (`authorization: {credentials: ...}`)"
-        )
-    body = request.app[METRICS].render(request.app[HEALTH].snapshot())
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 async def readyz(request: web.Request) -> web.Response:
