@@ -43,6 +43,10 @@ def chat_usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
     }
 
 
+def billed(usage: dict[str, Any]) -> tuple[int, int]:
+    return usage["prompt_tokens"], usage.get("completion_tokens", 0)
+
+
 def include_usage(body: dict[str, Any]) -> bool:
     options = body.get("stream_options")
     return isinstance(options, dict) and options.get("include_usage") is True
@@ -69,7 +73,7 @@ def plan_chat(call: Call) -> Plan:
     usage = chat_usage(estimate_tokens(len(seed)), len(pieces))
     if body.get("stream") is True:
         return _stream(call, fn, pieces, usage)
-    return Body(orjson.dumps(_completion(call, fn, pieces, usage)))
+    return Body(orjson.dumps(_completion(call, fn, pieces, usage)), billed(usage))
 
 
 def _tool_call(call: Call, fn: FunctionCall, arguments: str) -> dict[str, Any]:
@@ -154,4 +158,4 @@ def _stream(
     malformed = (
         b'data: {"id": "' + ident.encode() + b'", "object": "chat.completion.chunk", "choi\n\n'
     )
-    return Events((head,), content, tuple(tail), malformed)
+    return Events((head,), content, tuple(tail), malformed, billed(usage) if with_usage else None)

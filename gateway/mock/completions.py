@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from .chat import FINGERPRINT, chat_usage, include_usage
+from .chat import FINGERPRINT, billed, chat_usage, include_usage
 from .plan import Body, Call, Events, InvalidRequest, Plan
 from .synth import estimate_tokens, word_pieces
 from .wire import DONE, data_event
@@ -51,11 +51,12 @@ def plan_completion(call: Call) -> Plan:
         return [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]
 
     if call.body.get("stream") is not True:
-        return Body(orjson.dumps(completion(choice("".join(pieces), "stop"), usage)))
+        return Body(orjson.dumps(completion(choice("".join(pieces), "stop"), usage)), billed(usage))
     content = tuple(data_event(completion(choice(piece, None), None)) for piece in pieces)
     tail = [data_event(completion(choice("", "stop"), None))]
-    if include_usage(call.body):
+    with_usage = include_usage(call.body)
+    if with_usage:
         tail.append(data_event(completion([], usage)))
     tail.append(DONE)
     malformed = b'data: {"id": "' + ident.encode() + b'", "object": "text_compl\n\n'
-    return Events((), content, tuple(tail), malformed)
+    return Events((), content, tuple(tail), malformed, billed(usage) if with_usage else None)

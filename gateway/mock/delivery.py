@@ -31,7 +31,7 @@ from .wire import JSON_TYPE, SSE_TYPE, error_body, seconds_header
 _POLL = 0.05  # seconds between two checks that a hanging client is still there
 
 
-def _gone(request: web.BaseRequest) -> bool:
+def gone(request: web.BaseRequest) -> bool:
     transport = request.transport
     return transport is None or transport.is_closing()
 
@@ -40,7 +40,7 @@ async def wait_while_connected(request: web.BaseRequest, seconds: float | None) 
     """Sleep `seconds` (None: forever) or until the client disconnects; True if still there."""
     loop = asyncio.get_running_loop()
     deadline = None if seconds is None else loop.time() + seconds
-    while not _gone(request):
+    while not gone(request):
         left = _POLL if deadline is None else deadline - loop.time()
         if left <= 0:
             return True

@@ -72,4 +72,5 @@ def plan_embeddings(call: Call) -> Body:
         data.append({"object": "embedding", "index": index, "embedding": embedding})
         tokens += count
     usage = {"prompt_tokens": tokens, "total_tokens": tokens}
-    return Body(orjson.dumps({"object": "list", "data": data, "model": call.model, "usage": usage}))
+    answer = {"object": "list", "data": data, "model": call.model, "usage": usage}
+    return Body(orjson.dumps(answer), (tokens, 0))

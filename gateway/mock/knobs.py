@@ -45,6 +45,7 @@ class Knobs:
     dimensions: int = 16  # embedding size when the request names none
     scope: str = ""  # name of the request counter; parallel tests use their own
     models: tuple[str, ...] = ()  # extra model ids listed by GET /v1/models
+    no_usage: bool = False  # streams never report usage (stream_options is ignored)
     # Faults: apply to the requests the selector picks.
     status: int | None = None  # answer with this HTTP status and an OpenAI error body
     retry_after: float | None = None  # seconds, sent as `retry-after` on error answers
@@ -144,6 +145,7 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("dimensions", _int_in(1, 16_384, "an integer 1-16384"), "default embedding size"),
     _Spec("scope", _scope, "name of the request counter (so parallel tests do not share one)"),
     _Spec("models", _names, "extra model ids for GET /v1/models, comma-separated"),
+    _Spec("no_usage", _flag, "chat and completions streams never report usage", flag=True),
     _Spec(
         "status",
         _int_in(400, 599, "an HTTP status 400-599"),

@@ -32,9 +32,13 @@ class Call:
     created: int  # unix seconds
 
 
+Billed = tuple[int, int]  # (prompt tokens, completion tokens) an answer reports
+
+
 @dataclass(frozen=True, slots=True)
 class Body:
     data: bytes
+    usage: Billed | None = None  # what the answer reports
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +47,7 @@ class Events:
     content: tuple[bytes, ...]  # one event per content chunk (text or argument fragment)
     tail: tuple[bytes, ...]  # finish chunk, usage chunk, [DONE] / terminal event
     malformed: bytes  # one event in this stream's framing whose data is invalid JSON
+    usage: Billed | None = None  # what the stream reports (None: no usage event)
 
 
 Plan = Body | Events

@@ -51,7 +51,7 @@ def plan_response(call: Call) -> Plan:
     }
     done = _response(call, "completed", [_item(call, fn, "".join(pieces), "completed")], usage)
     if body.get("stream") is not True:
-        return Body(orjson.dumps(done))
+        return Body(orjson.dumps(done), (prompt, len(pieces)))
     return _stream(call, fn, pieces, done)
 
 
@@ -159,4 +159,11 @@ def _stream(
         + delta_kind.encode()
         + b'", "seq\n\n'
     )
-    return Events(tuple(head), content, tuple(tail), malformed)
+    usage = done["usage"]
+    return Events(
+        tuple(head),
+        content,
+        tuple(tail),
+        malformed,
+        (usage["input_tokens"], usage["output_tokens"]),
+    )

@@ -24,9 +24,9 @@ from aiohttp import web
 from .catalog import model_list, model_object
 from .chat import plan_chat
 from .completions import plan_completion
-from .delivery import deliver, deliver_fault, json_response, wait_while_connected
+from .delivery import deliver, deliver_fault, gone, json_response, wait_while_connected
 from .embeddings import plan_embeddings
-from .faults import Fail, Hang, decide
+from .faults import Fail, Hang, Healthy, decide
 from .knobs import (
     KnobError,
     Knobs,
@@ -80,6 +80,8 @@ def _generation(build: Builder) -> Handler:
             return _invalid("The request body must be a JSON object.", None, request_id)
         if model is None:
             return _invalid("You must provide a model parameter.", "model", request_id)
+        if knobs.no_usage:  # a provider that ignores stream_options.include_usage
+            body.pop("stream_options", None)
         if knobs.delay > 0 and not await wait_while_connected(request, knobs.delay):
             return web.Response(status=204)  # the client is gone; aiohttp drops this quietly
         fault = decide(knobs, n)
@@ -93,7 +95,10 @@ def _generation(build: Builder) -> Handler:
             plan = build(call)
         except InvalidRequest as e:
             return _invalid(e.message, e.param, request_id)
-        return await deliver(request, plan, fault, knobs.chunk_delay, request_id)
+        response = await deliver(request, plan, fault, knobs.chunk_delay, request_id)
+        if plan.usage is not None and isinstance(fault, Healthy) and not gone(request):
+            ledger.bill(request.headers.get("X-Client-Request-Id") or request_id, plan.usage)
+        return response
 
     return handle
 
@@ -132,6 +137,10 @@ async def _stats(request: web.Request) -> web.StreamResponse:
 async def _reset(request: web.Request) -> web.StreamResponse:
     request.app[LEDGER].reset()
     return json_response(b'{"reset":true}', "mock-reset")
+
+
+async def _billed(request: web.Request) -> web.StreamResponse:
+    return json_response(orjson.dumps(request.app[LEDGER].billed()), "mock-billed")
 
 
 async def _requests(request: web.Request) -> web.StreamResponse:
@@ -175,6 +184,7 @@ def build_mock_app(knobs: Knobs) -> web.Application:
     app.router.add_get("/_mock/stats", _stats)
     app.router.add_post("/_mock/reset", _reset)
     app.router.add_get("/_mock/requests", _requests)
+    app.router.add_get("/_mock/billed", _billed)
     app.router.add_get("/_mock/knobs", _show_knobs)
     app.router.add_post("/_mock/knobs", _set_knobs)
     app.router.add_route("*", "/v1/{tail:.*}", _other(_unknown, 404))

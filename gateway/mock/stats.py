@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 LOG_SIZE = 200
+BILLED_SIZE = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +39,8 @@ class Seen:
 
 
 class Ledger:
-    __slots__ = ("_by_model", "_by_path", "_log", "_numbers", "_prefix", "_serial", "_total")
+    __slots__ = ("_billed", "_billed_totals", "_by_model", "_by_path", "_log", "_numbers",
+                 "_prefix", "_serial", "_total")  # fmt: skip
 
     def __init__(self, prefix: str) -> None:
         self._prefix = prefix
@@ -48,6 +50,8 @@ class Ledger:
         self._by_model: Counter[str] = Counter()
         self._numbers: Counter[str] = Counter()
         self._log: deque[Seen] = deque(maxlen=LOG_SIZE)
+        self._billed: dict[str, tuple[int, int]] = {}  # the last BILLED_SIZE, by request id
+        self._billed_totals = [0, 0]
 
     def next_ident(self) -> str:
         """A suffix for answer ids, unique within this app (`chatcmpl-<ident>`)."""
@@ -74,6 +78,20 @@ class Ledger:
         self._by_path[seen.path] += 1
         self._log.append(seen)
 
+    def bill(self, request_id: str, usage: tuple[int, int]) -> None:
+        """Note the usage an answer reported, under the caller's request id
+        (`X-Client-Request-Id`, which the gateway sends), else the mock's own."""
+        if len(self._billed) >= BILLED_SIZE:
+            del self._billed[next(iter(self._billed))]
+        self._billed[request_id] = usage
+        self._billed_totals[0] += usage[0]
+        self._billed_totals[1] += usage[1]
+
+    def billed(self) -> dict[str, Any]:
+        prompt, completion = self._billed_totals
+        return {"prompt_tokens": prompt, "completion_tokens": completion,
+                "by_request": {k: list(v) for k, v in self._billed.items()}}  # fmt: skip
+
     def stats(self) -> dict[str, Any]:
         return {
             "total": self._total,
@@ -93,3 +111,5 @@ class Ledger:
         self._by_model.clear()
         self._numbers.clear()
         self._log.clear()
+        self._billed.clear()
+        self._billed_totals = [0, 0]
