@@ -97,10 +97,14 @@ def line(trace: Trace, now: float) -> bytes:
         record["idempotency"] = trace.idempotency
     if trace.flags:
         record["flags"] = trace.flags
+    if trace.detached:
+        record["detached"] = True
     if trace.saved is not None:
         record["saved_tokens"] = trace.saved.total_tokens
     if trace.usage is not None:
         u = trace.usage
         record["tokens"] = {"prompt": u.prompt_tokens, "completion": u.completion_tokens,
                             "total": u.total_tokens}  # fmt: skip
+        if trace.estimated:
+            record["tokens"]["estimated"] = True
     return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)

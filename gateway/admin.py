@@ -3,6 +3,8 @@
     GET /admin/breakers       every deployment's breaker state, cooldown and load
     GET /admin/runs/{run}     a durable run's steps (?client=NAME; default anonymous)
     DELETE /admin/runs/{run}  drop a run's journal
+    GET /admin/usage          the usage report (?from, to, since, client, model, target, run,
+                              group_by)
 
 Guarded by the admin key (`admin:` in the policy). Without one, the admin API answers only
 when authentication is off altogether (a gateway on loopback with no clients); otherwise it
@@ -11,14 +13,29 @@ is refused with a 403 that says how to configure a key.
 
 from __future__ import annotations
 
+import time
+
 from aiohttp import web
 
 from gateway.decide.auth import authenticate
+from gateway.decide.reports import parse_query
 from gateway.errors import AdminNotConfigured, RunNotFound, StoreUnavailableError
+from gateway.ledger import usage_report
 from gateway.metrics import CONTENT_TYPE
 from gateway.model import ANONYMOUS, Principal
-from gateway.server import HEALTH, METRICS, POLICY, RUNS, SCRAPE, TRACE, request_key
+from gateway.server import (
+    HEALTH,
+    LEDGER,
+    METRICS,
+    POLICY,
+    RUNS,
+    SCRAPE,
+    STORE,
+    TRACE,
+    request_key,
+)
 from gateway.stages.runs import run_key
+from gateway.stores.base import StoreUnavailable
 
 ADMIN = Principal("admin", frozenset())
 
@@ -27,6 +44,7 @@ def add_admin_routes(app: web.Application) -> None:
     app.router.add_get("/admin/breakers", breakers)
     app.router.add_get("/admin/runs/{run}", run_steps)
     app.router.add_delete("/admin/runs/{run}", drop_run)
+    app.router.add_get("/admin/usage", usage)
     app.router.add_get(SCRAPE, metrics)
 
 
@@ -81,3 +99,15 @@ async def drop_run(request: web.Request) -> web.Response:
     if dropped is None:
         raise StoreUnavailableError("the store is unavailable; try again")
     return web.json_response({"run": request.match_info["run"], "dropped_steps": dropped})
+
+
+async def usage(request: web.Request) -> web.Response:
+    """The usage report (docs/usage.md): spent, saved and wasted tokens and cost, grouped."""
+    _check_admin(request)
+    query = parse_query(dict(request.query), time.time())
+    await request.app[LEDGER].flush()  # this gateway's latest entries count too
+    try:
+        report = await usage_report(request.app[STORE], query)
+    except StoreUnavailable as e:
+        raise StoreUnavailableError(f"the store is unavailable ({e}); try again") from None
+    return web.json_response(report)

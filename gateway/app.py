@@ -19,7 +19,9 @@ from gateway.accesslog import AccessLog
 from gateway.admin import add_admin_routes
 from gateway.breakers import EventSink, Health
 from gateway.config.schema import Policy, ProviderSpec
+from gateway.decide.admission import deployment_specs
 from gateway.ejections import EjectionSync
+from gateway.ledger import UsageLedger
 from gateway.lifecycle import Drain
 from gateway.metrics import Metrics
 from gateway.mock import Knobs, build_mock_app, parse_knob_header
@@ -27,21 +29,24 @@ from gateway.pipeline import Pipeline
 from gateway.providers.base import Provider
 from gateway.providers.openai import OpenAIProvider
 from gateway.server import (
-    ACCESS_LOG,
     DRAIN,
     HEALTH,
+    LEDGER,
     METRICS,
     PIPELINE,
     POLICY,
+    RECORDS,
     RUNS,
     STARTED_AT,
     STORE,
+    Records,
     add_routes,
 )
 from gateway.stages.admit import Admission
 from gateway.stages.cache import ResponseCache
 from gateway.stages.dispatch import Dispatcher
 from gateway.stages.idempotency import Idempotency
+from gateway.stages.quota import DeploymentQuota
 from gateway.stages.runs import RunJournal
 from gateway.stores.base import Store, StoreUnavailable
 from gateway.stores.redis import RedisStore
@@ -59,11 +64,15 @@ def build_app(
     drain = Drain()
     store = build_store(policy)
     access_log = AccessLog(log_stream)
+    metrics = Metrics(policy)
+    ledger = UsageLedger(policy, store, access_log.event)
+    records = Records(access_log, metrics, ledger)
     app[POLICY] = policy
     app[DRAIN] = drain
     app[STORE] = store
-    app[ACCESS_LOG] = access_log
-    app[METRICS] = Metrics(policy)
+    app[RECORDS] = records
+    app[METRICS] = metrics
+    app[LEDGER] = ledger
     app[STARTED_AT] = int(time.time())
     targets = sorted({t.label for m in policy.models.values() for t in m.targets})
     ejections = EjectionSync(store, targets, access_log.event)
@@ -74,14 +83,19 @@ def build_app(
     app[RUNS] = runs
     idempotency = Idempotency(store, access_log.event, policy.idempotency)
     admission = Admission(policy, store, tokenizer, access_log.event)
-    dispatcher = Dispatcher(providers, health, drain)
+    deployments = deployment_specs(policy.providers, policy.models.values())
+    quota = DeploymentQuota(deployments, store, access_log.event) if deployments else None
+    dispatcher = Dispatcher(providers, health, drain, quota)
     pipeline = Pipeline(
-        policy, admission, idempotency, runs, cache, dispatcher, drain, access_log.event
-    )
+        policy, admission, idempotency, runs, cache, dispatcher, drain, access_log.event,
+        records.write,
+    )  # fmt: skip
     app[PIPELINE] = pipeline
     app.cleanup_ctx.append(_opened(access_log))
     app.cleanup_ctx.append(_opened_store(store, access_log.event))
-    app.cleanup_ctx.append(_flushed(pipeline, (admission, idempotency, cache, runs)))
+    app.cleanup_ctx.append(_writing(ledger))
+    features = (admission, idempotency, cache, runs, *((quota,) if quota else ()))
+    app.cleanup_ctx.append(_flushed(pipeline, features))
     if tokenizer is not None:
         app.cleanup_ctx.append(_closed(tokenizer))
     app.cleanup_ctx.append(_sharing_ejections(ejections, health))
@@ -97,12 +111,16 @@ def needs_tokenizer(policy: Policy) -> bool:
     models, guard = policy.models.values(), policy.guard
     return (
         any(m.limits.tpm for m in models)
+        or any(lim.tpm for p in policy.providers.values() for lim in p.limits.values())
         or (guard.enabled is not False and guard.run_usd is not None)
         or any(
             c.budget is not None or c.limits.tpm or any(lim.tpm for lim in c.model_limits.values())
             for c in policy.clients.values()
         )
     )
+
+
+Feature = Admission | Idempotency | ResponseCache | RunJournal | DeploymentQuota
 
 
 def build_store(policy: Policy) -> Store:
@@ -135,14 +153,24 @@ def _opened_store(
 
 
 def _flushed(
-    pipeline: Pipeline, features: tuple[Admission | Idempotency | ResponseCache | RunJournal, ...]
+    pipeline: Pipeline, features: tuple[Feature, ...]
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         yield
         await pipeline.close()  # detached calls first: they write to the journal
-        # then pending writes, before the store closes (contexts unwind in reverse order)
+        # then pending writes, before the ledger's last write and the store closes (contexts
+        # unwind in reverse order)
         for feature in features:
             await feature.close()
+
+    return ctx
+
+
+def _writing(ledger: UsageLedger) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        ledger.start()
+        yield
+        await ledger.close()  # after the detached calls have ended: they write entries too
 
     return ctx
 

@@ -1,4 +1,5 @@
-"""`savepoint serve | check | mock`: parses arguments and hands over; nothing else lives here."""
+"""`savepoint serve | check | mock | usage`: parses arguments and hands over; nothing else
+lives here."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from gateway import __version__
+from gateway import __version__, usage_command
 from gateway.app import build_app, needs_tokenizer
 from gateway.config import Policy, PolicyError, load_policy
 from gateway.mock import add_knob_arguments, build_mock_app, knobs_from_args
@@ -53,7 +54,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     mock.add_argument("--port", type=int, default=8090, help="port to listen on (default 8090)")
     add_knob_arguments(mock)
 
+    usage = commands.add_parser(
+        "usage",
+        help="the usage report: spent, saved and wasted tokens and cost (read from the store)",
+    )
+    usage.add_argument("--policy", help="policy file, for its store (default: as for serve)")
+    usage.add_argument("--since", help="30m, 12h, or 7d (the last 7 UTC days); default: today")
+    usage.add_argument("--from", dest="from_", metavar="FROM", help="a UTC day, ISO time, epoch")
+    usage.add_argument("--to", help="a UTC day (inclusive), ISO time or epoch; default: now")
+    usage.add_argument(
+        "--by",
+        default="client,model",
+        help="group by any of client,model,target,day,run (default client,model)",
+    )
+    for name in ("client", "model", "target", "run"):
+        usage.add_argument(f"--{name}", help=f"only this {name}")
+    usage.add_argument("--format", choices=("table", "csv", "json"), default="table")
+
     args = parser.parse_args(argv)
+    if args.command == "usage":
+        return _usage(args)
     if args.command == "check":
         return _check(args.files)
     if args.command == "mock":
@@ -80,14 +100,41 @@ def _check(files: Sequence[str]) -> int:
     return 1 if failed else 0
 
 
-def _serve(args: argparse.Namespace) -> int:
-    if args.policy is None:
-        args.policy = DEFAULT_POLICY if os.path.exists(DEFAULT_POLICY) else BUILTIN_POLICY
+def _load(path: str | None) -> Policy | None:
+    if path is None:
+        path = DEFAULT_POLICY if os.path.exists(DEFAULT_POLICY) else BUILTIN_POLICY
     try:
-        policy = load_policy(args.policy, os.environ)
+        return load_policy(path, os.environ)
     except PolicyError as e:
         for problem in str(e).splitlines():
             _fail(problem)
+        return None
+
+
+def _usage(args: argparse.Namespace) -> int:
+    policy = _load(args.policy)
+    if policy is None:
+        return 1
+    given = {
+        "since": args.since,
+        "from": args.from_,
+        "to": args.to,
+        "group_by": args.by,
+        "client": args.client,
+        "model": args.model,
+        "target": args.target,
+        "run": args.run,
+    }
+    status, text = usage_command.run(
+        policy, {k: v for k, v in given.items() if v is not None}, args.format
+    )  # fmt: skip
+    print(text, file=sys.stderr if status else sys.stdout)
+    return status
+
+
+def _serve(args: argparse.Namespace) -> int:
+    policy = _load(args.policy)
+    if policy is None:
         return 1
     if not policy.auth_enabled and not _is_loopback(args.host) and not args.insecure_no_auth:
         return _fail(

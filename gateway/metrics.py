@@ -82,6 +82,7 @@ class Metrics:
         self._requests: dict[tuple[str, str, str, str], int] = {}
         self._usage: dict[tuple[str, str], list[float]] = {}  # 4 token kinds, then dollars
         self._saved: dict[tuple[str, str, str], int] = {}
+        self._wasted: dict[tuple[str, str], int] = {}
         self._refused: dict[tuple[str, str, str], int] = {}
         self._attempts: dict[tuple[str, str], int] = {}
         self._cache: dict[tuple[str, str], int] = {}
@@ -112,6 +113,8 @@ class Metrics:
             price = self._prices.get(trace.target)
             if price is not None:
                 row[4] += cost_usd(usage, price)
+            if outcome == "failed" or "loop" in trace.flags:  # as the ledger counts waste
+                self._wasted[pair] = self._wasted.get(pair, 0) + usage.total_tokens
         source = _SOURCES.get(outcome)
         if source is not None and trace.saved is not None:
             saved = (client, model, source)
@@ -181,6 +184,14 @@ class Metrics:
             "Tokens of stored answers served instead of calling a provider.",
             ("client", "model", "source"),
             self._saved,
+        )
+        _counter(
+            out,
+            "savepoint_wasted_tokens_total",
+            "Tokens the providers billed for nothing: failed requests (a stream cut after "
+            "tokens came) and requests repeated in a loop the guard flagged.",
+            ("client", "model"),
+            self._wasted,
         )
         _counter(
             out,

@@ -124,5 +124,8 @@ class Trace:
     run: str | None = None  # "<client>/<run id>" for a step of a durable run
     idempotency: str | None = None  # with an Idempotency-Key: executed, replayed, attached
     saved: Usage | None = None  # the usage of a stored answer served instead of a live one
+    estimated: bool = False  # `usage` was counted by the gateway: the provider reported none
+    streamed_chars: int = 0  # generated text relayed in a stream, for such an estimate
+    detached: bool = False  # the client left; the call goes on and is recorded when it ends
     flags: list[str] = field(default_factory=list)  # e.g. "loop": the loop guard flagged it
     extra_headers: dict[str, str] = field(default_factory=dict)  # set by stages, on the reply

@@ -12,6 +12,7 @@ recorded on the request's `Trace`, which the access log writes once the request 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -63,9 +64,11 @@ class Pipeline:
         dispatcher: Dispatcher,
         drain: Drain,
         events: EventSink,
+        finished: Callable[[Trace, float], None],
     ):
         self._policy = policy
         self._events = events
+        self._finished = finished  # writes a detached call's records once it is over
         self._detached: set[asyncio.Task[None]] = set()
         self._admission = admission
         self._idempotency = idempotency
@@ -109,7 +112,8 @@ class Pipeline:
                 if step is not None:  # a run's step answered from the cache is still its step
                     self._runs.keep(step, hit)
                 return
-            await self._dispatcher.dispatch(spec, call, raw, trace, downstream, capture)
+            tokens = ticket.reservation.tokens if ticket is not None else 1
+            await self._dispatcher.dispatch(spec, call, raw, trace, downstream, capture, tokens)
             body = capture.answer(call.endpoint) if capture is not None else None
             if body is not None:  # complete and successful: worth keeping
                 if plan is not None:
@@ -135,6 +139,8 @@ class Pipeline:
             await asyncio.shield(task)
         except asyncio.CancelledError:
             if not task.done():
+                trace.detached = True
+                task.add_done_callback(lambda _: self._finished(trace, time.monotonic()))
                 self._events({"event": "detached", "request_id": trace.request_id,
                                "run": trace.run})  # fmt: skip
             raise

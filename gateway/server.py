@@ -2,8 +2,10 @@
 
 `errors_and_access_log` is the only middleware. It gives every request a `Trace` and a
 request id, renders every `SavepointError` (and aiohttp's own 404/405/413) as an
-OpenAI-shaped error, and when the request is over writes the access-log line and counts it in
-the metrics. Health probes and successful scrapes of `/metrics` are neither logged nor counted.
+OpenAI-shaped error, and when the request is over writes its `Records`: the access-log line,
+the metrics, the usage ledger. A call that goes on after its client left (detached) is
+written by the pipeline when it ends instead. Health probes and successful scrapes of
+`/metrics` are neither logged nor counted.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from gateway.errors import (
     shape_of,
     stream_error_event,
 )
+from gateway.ledger import UsageLedger
 from gateway.lifecycle import Drain
 from gateway.metrics import Metrics, refused_limit
 from gateway.model import Endpoint, Principal, Trace
@@ -47,12 +50,12 @@ log = logging.getLogger("savepoint")
 POLICY = web.AppKey("policy", Policy)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 DRAIN = web.AppKey("drain", Drain)
-ACCESS_LOG = web.AppKey("access_log", AccessLog)
 STORE = web.AppKey("store", Store)
 STARTED_AT = web.AppKey("started_at", int)
 HEALTH = web.AppKey("health", Health)
 RUNS = web.AppKey("runs", RunJournal)
 METRICS = web.AppKey("metrics", Metrics)
+LEDGER = web.AppKey("ledger", UsageLedger)
 TRACE = web.RequestKey("trace", Trace)
 
 _PROBES = frozenset(("/healthz", "/readyz"))
@@ -61,6 +64,24 @@ _ROUTES = (
     "POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses; GET /v1/models"
 )
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Records:
+    """Where a finished request is written: one access-log line, the metrics, the ledger."""
+
+    def __init__(self, access_log: AccessLog, metrics: Metrics, ledger: UsageLedger):
+        self._access_log = access_log
+        self._metrics = metrics
+        self._ledger = ledger
+
+    def write(self, trace: Trace, ended: float, refused: str | None = None) -> None:
+        """`refused`: the limit that refused the request (`refused_limit`), if one did."""
+        self._access_log.write(trace, ended)
+        self._metrics.observe(trace, ended, refused)
+        self._ledger.record(trace, ended)
+
+
+RECORDS = web.AppKey("records", Records)
 
 
 def add_routes(app: web.Application) -> None:
@@ -94,7 +115,8 @@ async def errors_and_access_log(request: web.Request, handler: _Handler) -> web.
         trace.status = 499
         return web.Response(status=499)
     except asyncio.CancelledError:
-        trace.status = 499  # the client went away; aiohttp cancelled the handler
+        if not trace.detached:
+            trace.status = 499  # the client went away; aiohttp cancelled the handler
         raise
     except Exception:
         log.exception("internal error on %s %s (request %s)", request.method, request.path,
@@ -104,10 +126,8 @@ async def errors_and_access_log(request: web.Request, handler: _Handler) -> web.
                b'"server_error","param":null,"code":"internal_error"}}'  # fmt: skip
         return web.Response(status=500, body=body, content_type="application/json")
     finally:
-        ended = time.monotonic()
-        if trace.path != SCRAPE or trace.status != 200:  # a refused scrape is worth a line
-            request.app[ACCESS_LOG].write(trace, ended)
-            request.app[METRICS].observe(trace, ended, refused)
+        if not trace.detached and (trace.path != SCRAPE or trace.status != 200):
+            request.app[RECORDS].write(trace, time.monotonic(), refused)
 
 
 def _render(

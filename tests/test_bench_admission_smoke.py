@@ -17,7 +17,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"passthrough"} | {
-    f"{kind}-{store}" for kind in ("none", "guard", "limits") for store in ("sqlite", "redis")
+    f"{kind}-{store}"
+    for kind in ("none", "ledger", "guard", "limits")
+    for store in ("sqlite", "redis")
 }
 
 pytestmark = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
@@ -69,8 +71,8 @@ def test_admission_benchmark_smoke_measures_every_target(tmp_path: Path) -> None
     for store in ("sqlite", "redis"):
         assert result["targets"][f"none-{store}"]["latency_repeat"]["ok"] > 0
         comparison = result["comparison"][store]
-        assert set(comparison) == {"guard", "limits", "baseline_repeat_ms"}
-        for kind in ("guard", "limits"):
+        assert set(comparison) == {"ledger", "guard", "limits", "baseline_repeat_ms"}
+        for kind in ("ledger", "guard", "limits"):
             added = comparison[kind]
             assert {"p50", "p99", "per_round"} <= set(added["added_ms"])
             assert added["rps_ratio"] > 0

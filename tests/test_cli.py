@@ -63,7 +63,7 @@ def test_check_reports_each_problem_with_file_line_and_path(tmp_path: Path) -> N
     assert result.returncode == 1
     assert result.stderr.strip() == (
         f"{bad}:7: models.gpt-4o.targets[1].timeouts.total: expected seconds "
-        '(e.g. 30, 30s, 500ms, 2m), got "fast"'
+        '(e.g. 30, 500ms, 2m, 7d), got "fast"'
     )
 
 

@@ -283,6 +283,17 @@ def test_saved_tokens_are_counted_by_where_the_stored_answer_came_from(policy: P
     assert tokens == {("n", k) for k in ("prompt", "cached", "completion", "reasoning")}
 
 
+def test_wasted_tokens_are_those_of_failures_and_flagged_loops(policy: Policy) -> None:
+    metrics = Metrics(policy)
+    billed = Usage(10, 20, 30)
+    metrics.observe(_trace(usage=billed, error_code="upstream_stream_cut"), 100.01)
+    metrics.observe(_trace(usage=billed, flags=["loop"]), 100.01)
+    metrics.observe(_trace(usage=billed), 100.01)  # a good answer wastes nothing
+    metrics.observe(_trace(status=503), 100.01)  # a failure the provider billed nothing for
+    s = _render(metrics)
+    assert _get(s, "savepoint_wasted_tokens_total", client="alice", model="m") == 60
+
+
 def test_time_to_first_byte_is_of_streams_relayed_from_a_provider(policy: Policy) -> None:
     metrics = Metrics(policy)
     ok = [Attempt("mock/mock-gpt", "ok", 40.0)]
@@ -334,6 +345,7 @@ def test_every_family_is_declared_even_before_the_first_request(policy: Policy) 
         "savepoint_tokens": "counter",
         "savepoint_cost_usd": "counter",
         "savepoint_saved_tokens": "counter",
+        "savepoint_wasted_tokens": "counter",
         "savepoint_limit_rejections": "counter",
         "savepoint_cache_requests": "counter",
         "savepoint_loops_flagged": "counter",

@@ -18,12 +18,12 @@ Path = tuple[str | int, ...]
 _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # Patterns are used with fullmatch: `$` would also accept a trailing newline (a YAML `|` block).
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
-_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*")
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*")
 _SIZE = re.compile(r"\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*")
 _SIZE_UNITS = {None: 1, "B": 1, "KB": 10**3, "KiB": 2**10, "MB": 10**6, "MiB": 2**20,
                "GB": 10**9, "GiB": 2**30}  # fmt: skip
 TIMEOUT_KEYS = ("connect", "first_byte", "idle", "total")
-_DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def format_path(path: Path) -> str:
@@ -184,7 +184,7 @@ def seconds(ctx: Problems, m: dict[str, Any], key: str, path: Path, default: flo
     elif isinstance(value, str) and (match := _DURATION.fullmatch(value)):
         seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
     if seconds is None or not 0 < seconds < math.inf:
-        ctx.problem((*path, key), f"expected seconds (e.g. 30, 30s, 500ms, 2m), got {show(value)}")
+        ctx.problem((*path, key), f"expected seconds (e.g. 30, 500ms, 2m, 7d), got {show(value)}")
         return default
     return seconds
 

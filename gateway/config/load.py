@@ -31,13 +31,14 @@ from gateway.config.schema import (
     ServerSpec,
     StoreSpec,
     Timeouts,
+    UsageSpec,
 )
 
 _CLIENT_KEYS = ("key_sha256", "key_env", "models", "limits", "model_limits", "budget")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _TOP_KEYS = (
     "version", "server", "store", "providers", "models", "clients", "retries", "breakers",
-    "admin", "cache", "runs", "idempotency", "prices", "guard",
+    "admin", "cache", "runs", "idempotency", "prices", "guard", "usage",
 )  # fmt: skip
 _DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
 
@@ -122,6 +123,7 @@ def _policy(ctx: fields.Problems, data: Any, source: str) -> Policy | None:
         idempotency=_idempotency(ctx, top.get("idempotency")),
         prices=prices(ctx, top.get("prices"), ("prices",), shipped_prices()),
         guard=governance.guard(ctx, top.get("guard")),
+        usage=_usage(ctx, top.get("usage")),
         admin_key_hashes=_admin(ctx, top.get("admin")),
     )
 
@@ -153,7 +155,7 @@ def _store(ctx: fields.Problems, value: Any) -> StoreSpec:
 
 
 _PROVIDER_KEYS = ("kind", "base_url", "api_key", "api_key_env", "optional", "headers", "timeouts",
-                  "max_connections", "mock")  # fmt: skip
+                  "max_connections", "mock", "limits")  # fmt: skip
 
 
 def _providers(ctx: fields.Problems, value: Any) -> tuple[dict[str, ProviderSpec], dict[str, str]]:
@@ -188,6 +190,10 @@ def _providers(ctx: fields.Problems, value: Any) -> tuple[dict[str, ProviderSpec
             timeouts=fields.timeouts(ctx, m.get("timeouts"), (*path, "timeouts"), Timeouts()),
             max_connections=fields.integer(ctx, m, "max_connections", path, 256, 1),
             mock=_mock_knobs(ctx, m.get("mock"), (*path, "mock")) if kind == "mock" else "",
+            limits={
+                model: governance.limits(ctx, spec, (*path, "limits", model))
+                for model, spec in fields.mapping(ctx, m.get("limits"), (*path, "limits")).items()
+            },
         )
         providers[name] = spec  # switched-off ones too: their targets are still checked
     return providers, disabled
@@ -332,6 +338,18 @@ def _idempotency(ctx: fields.Problems, value: Any) -> IdempotencySpec:
         retention=fields.seconds(ctx, m, "retention", path, d.retention),
         lease=fields.seconds(ctx, m, "lease", path, d.lease),
         wait=fields.seconds(ctx, m, "wait", path, d.wait),
+    )
+
+
+def _usage(ctx: fields.Problems, value: Any) -> UsageSpec:
+    path: Path = ("usage",)
+    m = fields.mapping(ctx, value, path, ("enabled", "flush", "retention", "daily_retention"))
+    d = UsageSpec()
+    return UsageSpec(
+        enabled=fields.boolean(ctx, m, "enabled", path, d.enabled),
+        flush=fields.seconds(ctx, m, "flush", path, d.flush),
+        retention=fields.seconds(ctx, m, "retention", path, d.retention),
+        daily_retention=fields.seconds(ctx, m, "daily_retention", path, d.daily_retention),
     )
 
 

@@ -54,6 +54,9 @@ class ProviderSpec:
     timeouts: Timeouts = Timeouts()
     max_connections: int = 256
     mock: str = ""  # knobs of the in-process mock, in the mock's `x-mock` header syntax
+    # Limits of a deployment (by upstream model name), to stay under the provider's own quota:
+    # a request over one skips that deployment as it would a cooling-down one.
+    limits: Mapping[str, LimitSpec] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +141,18 @@ class IdempotencySpec:
     retention: float = 24 * 3600.0
     lease: float = 30.0
     wait: float = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSpec:
+    """The usage ledger (`enabled: false`: none, and no reports): written every `flush`
+    seconds (a gateway killed outright loses at most that last interval); entries kept
+    `retention`, daily aggregates `daily_retention`."""
+
+    enabled: bool = True
+    flush: float = 0.5
+    retention: float = 90 * 86400.0
+    daily_retention: float = 400 * 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +283,7 @@ class Policy:
     idempotency: IdempotencySpec = IdempotencySpec()
     prices: Mapping[str, PriceSpec] = field(default_factory=dict)  # by upstream model name
     guard: GuardSpec = GuardSpec()
+    usage: UsageSpec = UsageSpec()
     admin_key_hashes: frozenset[str] = frozenset()  # empty: admin API open only with auth off
 
     @property

@@ -8,6 +8,7 @@ Limit keys use `/`, which names cannot hold, so no two scopes ever share a key:
     c/<client>/rpm|tpm|conc          the client, every model together
     cm/<client>/<model>/rpm|tpm|conc the client on one model
     m/<model>/rpm|tpm|conc           the model, every client together
+    d/<provider>/<model>/rpm|tpm|conc  a deployment (checked by dispatch, per attempt)
     b/<client>/<period>/tokens|usd   the client's budget for a calendar day or month (UTC)
     g/<client>/<fingerprint>/<n>     the loop guard: one request's repeats in window n
     r/<client>/<run>/steps|usd       the loop guard: a durable run's steps and cost
@@ -22,10 +23,18 @@ from __future__ import annotations
 
 import calendar
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from gateway.config.schema import BudgetSpec, ClientSpec, GuardSpec, LimitSpec, ModelSpec
+from gateway.config.schema import (
+    BudgetSpec,
+    ClientSpec,
+    GuardSpec,
+    LimitSpec,
+    ModelSpec,
+    ProviderSpec,
+)
 from gateway.decide.limits import Kind, Quota, Rate, Slots, Status, Verdict
 from gateway.errors import (
     BudgetExhausted,
@@ -68,11 +77,20 @@ class Limits:
         return bool(self.rates or self.slots or self.quotas)
 
 
-def needs_tokens(client: ClientSpec | None, model: ModelSpec, guard: GuardSpec) -> bool:
+def needs_tokens(
+    client: ClientSpec | None,
+    model: ModelSpec,
+    guard: GuardSpec,
+    deployments: Mapping[str, LimitSpec] = {},
+) -> bool:
     """Whether a token estimate is needed (a token limit, a budget or a run cost cap)."""
     scopes = _scopes(client, model)
     return (
         any(spec.tpm is not None for _, spec in scopes)
+        or any(
+            (lim := deployments.get(t.label)) is not None and lim.tpm is not None
+            for t in model.targets
+        )
         or (client is not None and client.budget is not None)
         or (guard.enabled is not False and guard.run_usd is not None)
     )
@@ -146,6 +164,18 @@ def limits_for(
             cost = reservation.micro_usd or 0
             quotas.append(Quota(f"{prefix}/usd", round(budget.usd * MICRO), cost, ends))
     return Limits(tuple(rates), tuple(slots), tuple(quotas))
+
+
+def deployment_limits(label: str, spec: LimitSpec, tokens: int) -> Limits:
+    """The limits of one attempt at a deployment (`label`: provider/model)."""
+    prefix = f"d/{label}"
+    rates = []
+    if spec.rpm is not None:
+        rates.append(Rate(f"{prefix}/rpm", spec.rpm, 1))
+    if spec.tpm is not None:
+        rates.append(Rate(f"{prefix}/tpm", spec.tpm, tokens))
+    slots = (Slots(f"{prefix}/conc", spec.concurrency),) if spec.concurrency is not None else ()
+    return Limits(tuple(rates), slots, ())
 
 
 def settlement(limits: Limits, actual: Reservation) -> Limits:
@@ -299,9 +329,25 @@ def _actual_of(quota: Quota, actual: Reservation) -> float:
 
 
 def _describe(key: str, model: str) -> str:
+    if key.startswith("d/"):
+        return f"deployment `{key[2:].rpartition('/')[0]}`"
     parts = key.split("/")
     if parts[0] in ("c", "b"):
         return f"client `{parts[1]}`"
     if parts[0] == "cm":
         return f"client `{parts[1]}` on model `{parts[2]}`"
     return f"model `{model}` (all clients together)"
+
+
+def deployment_specs(
+    providers: Mapping[str, ProviderSpec], models: Iterable[ModelSpec]
+) -> dict[str, LimitSpec]:
+    """The limits of each deployment that has some, by label (provider/model)."""
+    found = {}
+    for model in models:
+        for target in model.targets:
+            provider = providers.get(target.provider)
+            spec = provider.limits.get(target.model) if provider is not None else None
+            if spec:
+                found[target.label] = spec
+    return found

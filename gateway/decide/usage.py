@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -85,3 +86,41 @@ def _usage(raw: Any) -> Usage | None:
 
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+# The text a stream carries: chat `content` and tool `arguments`, completions `text`,
+# Responses `delta` (JSON-escaped; an escape counts as one character or two, close enough).
+_STREAMED_TEXT = re.compile(rb'"(?:content|arguments|text|delta)":"((?:[^"\\]|\\.)*)"')
+_TEXT_FIELDS = ("content", "text", "arguments")
+CHARS_PER_TOKEN = 4  # the rule of thumb for English text, for estimates only
+
+
+def streamed_chars(run: bytes) -> int:
+    """How many characters of generated text a run of stream events carries."""
+    return sum(len(m) for m in _STREAMED_TEXT.findall(run))
+
+
+def estimated_usage(body: dict[str, Any], completion_chars: int) -> Usage:
+    """Usage for a stream whose provider reported none: the prompt's text and the streamed
+    text at `CHARS_PER_TOKEN` characters a token. The ledger marks it as an estimate."""
+    prompt = -(
+        -_text_length(body.get("messages", body.get("prompt", body.get("input"))))
+        // CHARS_PER_TOKEN
+    )
+    completion = -(-completion_chars // CHARS_PER_TOKEN)
+    return Usage(
+        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+    )
+
+
+def _text_length(value: Any) -> int:
+    """The characters of every string in a prompt (messages, content parts, a bare string)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list):
+        return sum(_text_length(v) for v in value)
+    if isinstance(value, dict):
+        return sum(
+            _text_length(v) for k, v in value.items() if k in ("content", "text", "arguments")
+        )
+    return 0

@@ -24,6 +24,7 @@ from gateway.decide.admission import (
     Limits,
     Reservation,
     budget_used,
+    deployment_specs,
     guard_limits,
     limits_for,
     looping,
@@ -64,6 +65,7 @@ class Admission:
         self._events = events
         self._guard = StoreGuard("limits", events)
         self._warned: set[str] = set()  # budget periods and loop counters already logged
+        self._deployments = deployment_specs(policy.providers, policy.models.values())
 
     async def admit(
         self, principal: Principal, spec: ModelSpec, call: Call, run: str | None, trace: Trace
@@ -71,18 +73,18 @@ class Admission:
         """Admit the request (its ticket, or None when nothing applies) or raise the 429."""
         client = self._policy.clients.get(principal.name)
         guard = self._policy.guard
-        limited = needs_tokens(client, spec, guard) or _any_limit(client, spec)
-        if not limited and not guard.enabled:
+        counted = needs_tokens(client, spec, guard, self._deployments)
+        if not counted and not _any_limit(client, spec) and not guard.enabled:
             return None  # no store call: the guard, by default, only rides along with limits
-        reservation = await self._reserve(client, spec, call)
+        reservation = await self._reserve(client, spec, call, counted)
         now = time.time()
         limits = limits_for(client, spec, reservation, now)
         if guard.enabled or (guard.enabled is None and limits):
             request = fingerprint("POST", call.endpoint.path, call.body)
             counters = guard_limits(guard, principal.name, request, run, reservation, now)
             limits = Limits(limits.rates, limits.slots, limits.quotas + counters)
-        if not limits:
-            return None
+        if not limits:  # the estimate alone, for the limits of the deployments it may go to
+            return Ticket(limits, reservation, trace.request_id) if counted else None
         lease = spec.deadline + _LEASE_MARGIN
         ok, verdict = await self._guard.call(
             self._store.limits_admit(
@@ -123,8 +125,10 @@ class Admission:
     async def close(self) -> None:
         await self._guard.close()
 
-    async def _reserve(self, client: ClientSpec | None, spec: ModelSpec, call: Call) -> Reservation:
-        if not needs_tokens(client, spec, self._policy.guard):
+    async def _reserve(
+        self, client: ClientSpec | None, spec: ModelSpec, call: Call, counted: bool
+    ) -> Reservation:
+        if not counted:
             return Reservation(1, None)
         path, body = call.endpoint.path, call.body
         assert self._tokenizer is not None, "the composition root loads it for such policies"

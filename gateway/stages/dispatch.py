@@ -40,11 +40,18 @@ from gateway.decide.retry import (
     next_step,
 )
 from gateway.downstream import Downstream
-from gateway.errors import NoHealthyTarget, UpstreamBadResponse, UpstreamError, UpstreamTimeout
+from gateway.errors import (
+    NoHealthyTarget,
+    SavepointError,
+    UpstreamBadResponse,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from gateway.lifecycle import Drain
 from gateway.model import Attempt, Call, Failure, Trace
 from gateway.providers.base import Provider, UpstreamReply, UpstreamRequest
 from gateway.stages.capture import Capture
+from gateway.stages.quota import DeploymentQuota
 from gateway.stages.relay import relay_error, relay_stream, relay_whole, reply_headers
 
 _GIVE_UP = {"x-should-retry": "false"}
@@ -73,6 +80,7 @@ class _Walk:
     tried: dict[str, int] = field(default_factory=dict)
     last: _Outcome | None = None
     last_target: TargetSpec | None = None
+    limited: SavepointError | None = None  # the last deployment limit that refused it
 
 
 class Dispatcher:
@@ -81,11 +89,13 @@ class Dispatcher:
         providers: Mapping[str, Provider],
         health: Health,
         drain: Drain,
+        quota: DeploymentQuota | None = None,
         rng: random.Random | None = None,
     ):
         self._providers = providers
         self._health = health
         self._drain = drain
+        self._quota = quota
         self._rng = rng or random.Random()
 
     async def dispatch(
@@ -96,7 +106,9 @@ class Dispatcher:
         trace: Trace,
         downstream: Downstream,
         capture: Capture | None = None,
+        tokens: int = 1,
     ) -> None:
+        """`tokens`: the request's estimate (prompt and output cap), for deployment limits."""
         walk = _Walk(deadline=time.monotonic() + chain_budget(spec.deadline, call.read_timeout))
         try:
             while True:
@@ -116,13 +128,28 @@ class Dispatcher:
                         code="deadline_exceeded",
                         headers=dict(_GIVE_UP),
                     )
-                outcome = await self._attempt(target, probe, call, raw, remaining, trace)
-                self._end_retry(walk)
-                walk.tried[target.label] = walk.tried.get(target.label, 0) + 1
-                walk.last, walk.last_target = outcome, target
-                trace.fallback = walk.group > 0
-                if outcome.failure is None:
-                    return await self._answer(target, outcome, call, trace, downstream, capture)
+                held = None
+                if self._quota is not None and self._quota.covers(target.label):
+                    held, walk.limited = await self._quota.take(
+                        target.label, tokens, trace.request_id, spec.deadline
+                    )
+                    if walk.limited is not None:  # over its own limit: skip it, as if cooling
+                        walk.excluded.add(target.label)
+                        trace.flags.append(f"limited:{target.label}")
+                        continue
+                try:
+                    outcome = await self._attempt(target, probe, call, raw, remaining, trace)
+                    self._end_retry(walk)
+                    walk.tried[target.label] = walk.tried.get(target.label, 0) + 1
+                    walk.last, walk.last_target = outcome, target
+                    trace.fallback = walk.group > 0
+                    if outcome.failure is None:
+                        return await self._answer(target, outcome, call, trace, downstream, capture)
+                finally:
+                    if held is not None:  # what the attempt took at the deployment
+                        assert self._quota is not None
+                        used = trace.usage.total_tokens if trace.usage is not None else 0
+                        await self._quota.give_back(held, used, trace.request_id)
                 if not await self._after_failure(spec, walk, target, outcome):
                     return await self._give_up(spec, walk, trace, downstream, capture)
         finally:
@@ -303,6 +330,8 @@ class Dispatcher:
         capture: Capture | None,
     ) -> None:
         last, target = walk.last, walk.last_target
+        if (last is None or target is None) and walk.limited is not None:
+            raise walk.limited  # every deployment it could use is at its own limit
         if last is None or target is None:
             labels = [t.label for t in spec.targets]
             wait = self._health.next_chance(labels)

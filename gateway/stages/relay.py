@@ -14,7 +14,13 @@ from typing import Any
 
 import orjson
 
-from gateway.decide.usage import usage_from_body, usage_from_run, without_usage_chunk
+from gateway.decide.usage import (
+    estimated_usage,
+    streamed_chars,
+    usage_from_body,
+    usage_from_run,
+    without_usage_chunk,
+)
 from gateway.downstream import Downstream
 from gateway.errors import (
     ClientDisconnected,
@@ -109,6 +115,8 @@ async def relay_stream(
             usage = usage_from_run(call.endpoint, run)
             if usage is not None:
                 trace.usage = usage
+            elif trace.usage is None:
+                trace.streamed_chars += streamed_chars(run)
             sent = without_usage_chunk(run) if call.usage_hidden else run
             if capture is not None:
                 capture.add_run(run, sent)
@@ -128,6 +136,8 @@ async def relay_stream(
             capture.complete = True
     finally:
         events.close()
+        if trace.usage is None and trace.streamed_chars:  # the provider reported no usage
+            trace.usage, trace.estimated = estimated_usage(call.body, trace.streamed_chars), True
     if not downstream.gone:
         await _send(downstream.finish(), capture)
 

@@ -31,14 +31,22 @@ and either takes the request's share of each or changes nothing. Time is the sto
 wall clock of the SQLite process, the Redis server's `TIME` (replicas with skewed clocks
 agree). Idle state expires by itself: a full bucket, a lapsed lease, a quota whose period
 ended.
+
+The usage ledger is appended a batch at a time: the entries (opaque bytes, each with its
+epoch time) and the batch's increments to the daily aggregates, keyed by (day, client, model,
+target) and counter name. A batch is applied whole and at most once: appending a batch id
+already applied changes nothing and returns False (a retry of a write that did land).
+Entries are kept `retention` seconds, daily aggregates `daily_retention`; both are read back
+by time (entries) or by day (aggregates), whatever process or replica wrote them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from gateway.decide.ledger import DayKey
 from gateway.decide.limits import Quota, Rate, Slots, Verdict
 
 
@@ -213,4 +221,26 @@ class Store(Protocol):
         bucket in debt), and release the request's leases on `slots`. A quota correction for
         a period that already ended is dropped. Atomic; one round trip on Redis.
         """
+        ...
+
+    async def usage_append(
+        self,
+        batch: str,
+        records: Sequence[tuple[float, bytes]],
+        daily: Mapping[DayKey, Mapping[str, int]],
+        retention: float,
+        daily_retention: float,
+    ) -> bool:
+        """Append `records` (time, entry) and add `daily` to the aggregates, atomically and
+        once per `batch` id: False, changing nothing, if that batch was applied before.
+        Entries older than `retention` and aggregates older than `daily_retention` go."""
+        ...
+
+    async def usage_records(self, since: float, until: float) -> list[bytes]:
+        """The entries appended with a time in [since, until), in no promised order; on
+        Redis also others of the same UTC days (the caller filters by the time inside)."""
+        ...
+
+    async def usage_daily(self, first: str, last: str) -> list[tuple[DayKey, dict[str, int]]]:
+        """The daily aggregates of the days from `first` to `last` (YYYY-MM-DD, inclusive)."""
         ...

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -52,7 +52,9 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from gateway.decide import limits
+from gateway.decide.ledger import DayKey
 from gateway.decide.limits import Kind, Quota, Rate, Slots, Status, Verdict
+from gateway.stores import redis_usage
 from gateway.stores.base import IdemRecord, StoreUnavailable
 
 # KEYS[1] value key, KEYS[2] the group's index; ARGV value, ttl (ms), max_entries.
@@ -410,6 +412,7 @@ class RedisStore:
         self._journal_drop: AsyncScript | None = None
         self._idem: dict[str, AsyncScript] = {}
         self._limits: dict[str, AsyncScript] = {}
+        self._usage_append: AsyncScript | None = None
 
     def describe(self) -> str:
         return f"redis {_without_password(self._url)}"
@@ -441,6 +444,7 @@ class RedisStore:
             "admit": self._client.register_script(_LIMITS_ADMIT),
             "settle": self._client.register_script(_LIMITS_SETTLE),
         }
+        self._usage_append = self._client.register_script(redis_usage.APPEND)
 
     async def ping(self) -> None:
         client = self._open_client()
@@ -658,6 +662,30 @@ class RedisStore:
         with self._translated():
             await script(keys=keys, args=args)
 
+    async def usage_append(
+        self,
+        batch: str,
+        records: Sequence[tuple[float, bytes]],
+        daily: Mapping[DayKey, Mapping[str, int]],
+        retention: float,
+        daily_retention: float,
+    ) -> bool:
+        script = self._open_script(self._usage_append)
+        with self._translated():
+            return await redis_usage.append(
+                script, batch, records, daily, retention, daily_retention
+            )
+
+    async def usage_records(self, since: float, until: float) -> list[bytes]:
+        client = self._open_client()
+        with self._translated():
+            return await redis_usage.records(client, since, until)
+
+    async def usage_daily(self, first: str, last: str) -> list[tuple[DayKey, dict[str, int]]]:
+        client = self._open_client()
+        with self._translated():
+            return await redis_usage.daily_rows(client, first, last)
+
     async def _idem_call(self, name: str, key: str, args: list[Any]) -> Any:
         script = self._open_script(self._idem.get(name))
         with self._translated():
@@ -690,6 +718,7 @@ class RedisStore:
             self._journal_drop = None
             self._idem = {}
             self._limits = {}
+            self._usage_append = None
 
 
 _MAX_CONNECTIONS = 256

@@ -33,12 +33,14 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from gateway.decide import limits
+from gateway.decide.ledger import DayKey
 from gateway.decide.limits import Quota, Rate, Slots, Tally, Verdict
+from gateway.stores import sqlite_usage
 from gateway.stores.base import IdemRecord, StoreUnavailable
 
 T = TypeVar("T")
@@ -132,7 +134,13 @@ class SqliteStore:
             columns = {row[1] for row in db.execute("PRAGMA table_info(ejections)")}
             if "since" not in columns:  # a file written before ejections had a time
                 db.execute("ALTER TABLE ejections ADD COLUMN since REAL DEFAULT 0")
-            for statement in (*_CACHE_SCHEMA, *_JOURNAL_SCHEMA, *_IDEM_SCHEMA, *_LIMITS_SCHEMA):
+            for statement in (
+                *_CACHE_SCHEMA,
+                *_JOURNAL_SCHEMA,
+                *_IDEM_SCHEMA,
+                *_LIMITS_SCHEMA,
+                *sqlite_usage.SCHEMA,
+            ):
                 db.execute(statement)
         except BaseException:
             db.close()
@@ -444,6 +452,27 @@ class SqliteStore:
                 _write_limits(db, state, after)
 
         await self._run(settle)
+
+    async def usage_append(
+        self,
+        batch: str,
+        records: Sequence[tuple[float, bytes]],
+        daily: Mapping[DayKey, Mapping[str, int]],
+        retention: float,
+        daily_retention: float,
+    ) -> bool:
+        return await self._run(lambda: sqlite_usage.append(
+            self._connection(), batch, records, daily, retention, daily_retention))  # fmt: skip
+
+    async def usage_records(self, since: float, until: float) -> list[bytes]:
+        return await self._run(
+            lambda: sqlite_usage.records(self._connection(), since, until), read=True
+        )
+
+    async def usage_daily(self, first: str, last: str) -> list[tuple[DayKey, dict[str, int]]]:
+        return await self._run(
+            lambda: sqlite_usage.daily_rows(self._connection(), first, last), read=True
+        )
 
     def _owned(
         self,

@@ -57,3 +57,34 @@ def test_bad_limits_and_budgets_are_refused_at_their_place(extra: str, problem: 
     with pytest.raises(PolicyError) as caught:
         _parse(extra)
     assert any(problem in p for p in caught.value.problems), caught.value.problems
+
+
+def test_deployment_limits_and_the_usage_ledger_load() -> None:
+    policy = parse_policy(textwrap.dedent(BASE.replace(
+        "providers: {mock: {kind: mock}}",
+        "providers: {mock: {kind: mock, limits: {mock-gpt: {rpm: 500, concurrency: 8}}}}",
+    ) + "usage: {flush: 250ms, retention: 7d}\n"), "p.yaml", {})  # fmt: skip
+    assert policy.providers["mock"].limits == {"mock-gpt": LimitSpec(rpm=500, concurrency=8)}
+    assert (policy.usage.flush, policy.usage.retention) == (0.25, 7 * 86400)
+    assert policy.usage.daily_retention == 400 * 86400
+
+
+@pytest.mark.parametrize(
+    ("providers", "problem"),
+    [
+        ("{mock: {kind: mock, limits: {mock-gpt: {rps: 5}}}}", "providers.mock.limits.mock-gpt"),
+        ("{mock: {kind: mock, limits: {mock-gpt: {tpm: -1}}}}", "limits.mock-gpt.tpm: expected"),
+        ("{mock: {kind: mock, limits: [1]}}", "providers.mock.limits: expected a mapping"),
+    ],
+)
+def test_bad_deployment_limits_are_refused_at_their_place(providers: str, problem: str) -> None:
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(textwrap.dedent(BASE.replace("{mock: {kind: mock}}", providers)), "p.yaml", {})
+    assert any(problem in p for p in caught.value.problems), caught.value.problems
+
+
+def test_a_bad_usage_section_is_refused() -> None:
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(textwrap.dedent(BASE + "usage: {flush: soon, keep: 1}\n"), "p.yaml", {})
+    problems = "\n".join(caught.value.problems)
+    assert "usage.flush: expected seconds" in problems and "usage.keep" in problems

@@ -54,7 +54,7 @@ PROVIDER = "providers:\n  up: {kind: openai}\n"
         (
             PROVIDER
             + "models:\n  m:\n    targets:\n      - {provider: up, timeouts: {total: fast}}\n",
-            "6: models.m.targets[0].timeouts.total: expected seconds (e.g. 30, 30s, 500ms, 2m), "
+            "6: models.m.targets[0].timeouts.total: expected seconds (e.g. 30, 500ms, 2m, 7d), "
             'got "fast"',
         ),
         (
@@ -69,7 +69,7 @@ PROVIDER = "providers:\n  up: {kind: openai}\n"
             "modles: {}\n" + BASE,
             "1: modles: unknown key; expected one of: version, server, "
             "store, providers, models, clients, retries, breakers, admin, cache, runs, "
-            "idempotency, prices, guard",
+            "idempotency, prices, guard, usage",
         ),
         (
             BASE + "server: {max_body_bytes: lots}\n",
@@ -93,7 +93,7 @@ PROVIDER = "providers:\n  up: {kind: openai}\n"
         ),
         (
             BASE.replace("kind: openai", "kind: openai\n    timeouts: {total: .nan}"),
-            "6: providers.up.timeouts.total: expected seconds (e.g. 30, 30s, 500ms, 2m), got nan",
+            "6: providers.up.timeouts.total: expected seconds (e.g. 30, 500ms, 2m, 7d), got nan",
         ),
         (
             BASE.replace("kind: openai", "kind: openai\n    headers: {x-team: null}"),

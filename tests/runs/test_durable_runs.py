@@ -30,11 +30,12 @@ def gw(gateways: Gateways) -> Gateway:
 version: 1
 store: {{path: "{{tmp}}/runs-{SCOPE}.db"}}
 retries: {{attempts_per_target: 1}}
-providers:{mock_provider("up", scope=SCOPE)}{mock_provider("flaky", "status=503;fail_nth=1", scope=SCOPE + "-flaky")}{mock_provider("slow", "chunk_delay=0.1;chunks=20", scope=SCOPE + "-slow")}
+providers:{mock_provider("up", scope=SCOPE)}{mock_provider("flaky", "status=503;fail_nth=1", scope=SCOPE + "-flaky")}{mock_provider("slow", "chunk_delay=0.1;chunks=20", scope=SCOPE + "-slow")}{mock_provider("lazy", "delay=1", scope=SCOPE + "-lazy")}
 models:
   mock-gpt: {{targets: [up/mock-gpt]}}
   flaky: {{targets: [flaky/mock-gpt]}}
   slow: {{targets: [slow/mock-gpt]}}
+  lazy: {{targets: [lazy/mock-gpt]}}
 clients:
   alice: {{key_sha256: {_hash(ALICE)}}}
   bob: {{key_sha256: {_hash(BOB)}}}
@@ -199,10 +200,16 @@ def test_a_client_that_crashes_mid_stream_gets_the_whole_answer_replayed(
                "Authorization": f"Bearer {ALICE}"}  # fmt: skip
     body = {"model": "slow", "messages": [{"role": "user", "content": "long"}], "stream": True}
     with httpx.stream("POST", f"{gw.base_url}/chat/completions", json=body, headers=headers) as r:
+        first = r.headers["x-savepoint-request-id"]
         lines = r.iter_lines()
         next(lines)
         next(lines)  # the agent dies two events in: 18 chunks still to come
     time.sleep(2.8)  # 20 chunks x 0.1 s, read on by the gateway
+    # logged (and accounted) when the call it paid for ended, not when its client left
+    (line,) = [x for x in gw.proc.access_log() if x.get("request_id") == first and "status" in x]
+    assert line["detached"] is True and line["status"] == 200
+    assert line["tokens"]["completion"] == 20
+    assert line["latency_ms"] > 1900
     calls = _calls(gateways, SCOPE + "-slow")
     again = _client(gw, run, attempt="a2")
     chunks = list(again.chat.completions.create(
@@ -211,3 +218,24 @@ def test_a_client_that_crashes_mid_stream_gets_the_whole_answer_replayed(
     assert len(text.split()) == 20  # the whole answer, not the two chunks the agent saw
     assert _calls(gateways, SCOPE + "-slow") == calls  # replayed, not paid again
     assert '"event":"detached"' in gw.proc.stderr()
+
+
+def test_a_call_whose_client_gave_up_is_logged_when_it_ends_with_what_it_cost(gw: Gateway) -> None:
+    """The client times out before the answer: the handler is cancelled, the call goes on
+    (detached) and is logged, counted and accounted once it ends, not as a 499."""
+    run = f"r-{uuid.uuid4().hex[:8]}"
+    headers = {"X-Savepoint-Run": run, "Authorization": f"Bearer {ALICE}"}
+    body = {"model": "lazy", "messages": [{"role": "user", "content": "q"}]}
+    with pytest.raises(httpx.ReadTimeout):  # no x-stainless-read-timeout: the gateway waits on
+        httpx.post(f"{gw.base_url}/chat/completions", json=body, headers=headers, timeout=0.3)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        lines = [
+            x for x in gw.proc.access_log() if x.get("run") == f"alice/{run}" and "status" in x
+        ]
+        if lines:
+            break
+        time.sleep(0.1)
+    (line,) = lines
+    assert line["detached"] is True and line["status"] == 200
+    assert line["tokens"]["total"] > 0 and line["latency_ms"] >= 1000
