@@ -26,7 +26,7 @@ import orjson
 from gateway.breakers import EventSink
 from gateway.config.schema import Policy, PriceSpec
 from gateway.decide import ledger
-from gateway.decide.cost import price_for
+from gateway.decide.cost import deployment_prices
 from gateway.decide.ledger import DayKey
 from gateway.decide.reports import UsageQuery, daily_rows, entry_rows, report
 from gateway.model import Endpoint, Trace
@@ -42,10 +42,7 @@ class UsageLedger:
         self._spec = policy.usage
         self._store = store
         self._events = events
-        targets = {t.label: t.model for m in policy.models.values() for t in m.targets}
-        self._prices: dict[str | None, PriceSpec | None] = {
-            label: price_for(policy.prices, model) for label, model in targets.items()
-        }
+        self._prices = deployment_prices(policy.prices, policy.models.values())
         # a stored answer's savings are priced as if the model's first deployment had answered
         self._model_prices: dict[str | None, PriceSpec | None] = {
             name: self._prices.get(m.targets[0].label) if m.targets else None

@@ -19,8 +19,8 @@ from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
-from gateway.config.schema import Policy, PriceSpec
-from gateway.decide.cost import cost_usd, price_for
+from gateway.config.schema import Policy
+from gateway.decide.cost import cost_usd, deployment_prices
 from gateway.errors import (
     BudgetExhausted,
     Refused,
@@ -76,9 +76,7 @@ class Metrics:
         targets = {t.label: t.model for m in policy.models.values() for t in m.targets}
         self._targets = _labels((*targets, *_STORED_TARGETS))
         self._target_names = sorted(targets)
-        self._prices: dict[str | None, PriceSpec | None] = {
-            label: price_for(policy.prices, model) for label, model in targets.items()
-        }
+        self._prices = deployment_prices(policy.prices, policy.models.values())
         self._requests: dict[tuple[str, str, str, str], int] = {}
         self._usage: dict[tuple[str, str], list[float]] = {}  # 4 token kinds, then dollars
         self._saved: dict[tuple[str, str, str], int] = {}

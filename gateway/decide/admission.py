@@ -22,6 +22,7 @@ A budget in dollars is counted in micro-dollars, so its counter stays an exact i
 from __future__ import annotations
 
 import calendar
+import functools
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -197,8 +198,13 @@ def settlement(limits: Limits, actual: Reservation) -> Limits:
 
 def budget_period(budget: BudgetSpec, now: float) -> tuple[str, float]:
     """The calendar period (UTC) `now` falls in: its name and when it ends (epoch ms)."""
-    t = datetime.fromtimestamp(now, UTC)
-    if budget.period == "month":
+    return _period(budget.period, int(now // 86400))
+
+
+@functools.lru_cache(maxsize=64)
+def _period(period: str, day: int) -> tuple[str, float]:
+    t = datetime.fromtimestamp(day * 86400, UTC)
+    if period == "month":
         days = calendar.monthrange(t.year, t.month)[1]
         end = datetime(t.year, t.month, days, tzinfo=UTC).timestamp() + 86_400
         return f"{t.year:04d}-{t.month:02d}", end * 1000

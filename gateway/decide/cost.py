@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
-from gateway.config.schema import PriceSpec
+from gateway.config.schema import ModelSpec, PriceSpec
 from gateway.model import Usage
 
 # `gpt-4.1-2025-04-14`, `claude-sonnet-4-20250514`, `claude-3-5-haiku-latest`
@@ -31,3 +31,10 @@ def cost_usd(usage: Usage, price: PriceSpec) -> float:
         + cached * price.cached_input
         + usage.completion_tokens * price.output
     ) / 1_000_000
+
+
+def deployment_prices(
+    prices: Mapping[str, PriceSpec], models: Iterable[ModelSpec]
+) -> dict[str | None, PriceSpec | None]:
+    """The price of every deployment of these models, by label (provider/model)."""
+    return {t.label: price_for(prices, t.model) for m in models for t in m.targets}

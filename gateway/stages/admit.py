@@ -33,7 +33,7 @@ from gateway.decide.admission import (
     refusal,
     settlement,
 )
-from gateway.decide.cost import cost_usd, price_for
+from gateway.decide.cost import cost_usd, deployment_prices
 from gateway.decide.keys import fingerprint
 from gateway.decide.limits import Verdict
 from gateway.model import Call, Principal, Trace, Usage
@@ -66,6 +66,7 @@ class Admission:
         self._guard = StoreGuard("limits", events)
         self._warned: set[str] = set()  # budget periods and loop counters already logged
         self._deployments = deployment_specs(policy.providers, policy.models.values())
+        self._prices = deployment_prices(policy.prices, policy.models.values())
 
     async def admit(
         self, principal: Principal, spec: ModelSpec, call: Call, run: str | None, trace: Trace
@@ -133,7 +134,7 @@ class Admission:
         path, body = call.endpoint.path, call.body
         assert self._tokenizer is not None, "the composition root loads it for such policies"
         tokens = await self._tokenizer.estimate(path, call.model, body, DEFAULT_OUTPUT)
-        price = price_for(self._policy.prices, spec.targets[0].model) if spec.targets else None
+        price = self._prices.get(spec.targets[0].label) if spec.targets else None
         if price is None:
             return Reservation(tokens, None)
         cap = self._tokenizer.output_cap(path, body) or DEFAULT_OUTPUT
@@ -142,8 +143,7 @@ class Admission:
         return Reservation(tokens, round(cost_usd(usage, price) * MICRO))
 
     def _micro_usd(self, usage: Usage, trace: Trace) -> int:
-        model = (trace.target or "").partition("/")[2]
-        price = price_for(self._policy.prices, model) if model else None
+        price = self._prices.get(trace.target)
         return round(cost_usd(usage, price) * MICRO) if price is not None else 0
 
     def _warn(self, client: ClientSpec | None, verdict: Verdict, trace: Trace) -> None:

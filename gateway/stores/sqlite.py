@@ -17,11 +17,13 @@ Expired rows are ignored on read and purged a bounded batch at a time on each cl
 
 Limits are three tables, times in epoch ms: `limit_rates` (a bucket's TAT), `limit_slots`
 (one row per lease) and `limit_quotas` (a counter and the end of its period). An admission
-or a settlement is one write transaction: read the rows of its keys, decide with
-`gateway.decide.limits`, write what changed. The write lock (BEGIN IMMEDIATE) makes it atomic
-across connections and processes sharing the file. Idle rows (a full bucket, a lapsed lease,
-an ended period) are ignored by the decision and purged a bounded batch per table on each
-admission.
+or a settlement reads the rows of its keys, decides with `gateway.decide.limits` and writes
+what changed, inside a write transaction (BEGIN IMMEDIATE), which makes it atomic across
+connections and processes sharing the file. The operations that arrive while one
+transaction runs share the next (group commit): one after the other, each seeing what the
+one before it wrote, so a burst pays for one commit and one hop to the writer thread. Idle
+rows (a full bucket, a lapsed lease, an ended period) are ignored by the decision and purged
+a bounded batch per table at most once a second.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from functools import partial
+from typing import Any, TypeVar, cast
 
 from gateway.decide import limits
 from gateway.decide.ledger import DayKey
@@ -108,6 +111,10 @@ class SqliteStore:
         # Writes under way, by what they write: a read of the same entry waits for them, so
         # that a caller reads its own writes, as it would with one thread doing both.
         self._writing: dict[str, asyncio.Event] = {}
+        # Limits operations waiting for the next group commit, and the task committing them.
+        self._limit_ops: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self._limit_commits: asyncio.Task[None] | None = None
+        self._limits_purged = 0.0  # when idle limits rows were last purged (epoch s)
 
     def describe(self) -> str:
         return f"sqlite {self._path}"
@@ -410,26 +417,15 @@ class SqliteStore:
         if not (rates or slots or quotas):
             return Verdict(True, ())
 
-        def admit() -> Verdict:
-            db = self._connection()
-            with db:  # commits, or rolls back on an exception
-                db.execute("BEGIN IMMEDIATE")
-                # the clock is read once the write lock is held: a transaction of another
-                # connection that went first must never be in this one's future
-                now = time.time() * 1000
-                for table, column in _LIMITS_IDLE:
-                    db.execute(
-                        f"DELETE FROM {table} WHERE rowid IN "
-                        f"(SELECT rowid FROM {table} WHERE {column} <= ? LIMIT ?)",
-                        (now, _PURGE_BATCH),
-                    )
-                state = _limit_state(db, rates, slots, quotas)
-                decision = limits.admit(state, rates, slots, quotas, request_id, lease * 1000, now)
-                if decision.state is not None:
-                    _write_limits(db, state, decision.state)
+        def admit(db: sqlite3.Connection) -> Verdict:
+            now = time.time() * 1000
+            state = _limit_state(db, rates, slots, quotas)
+            decision = limits.admit(state, rates, slots, quotas, request_id, lease * 1000, now)
+            if decision.state is not None:
+                _write_limits(db, state, decision.state)
             return decision.verdict
 
-        return await self._run(admit)
+        return await self._limits_op(admit)
 
     async def limits_settle(
         self,
@@ -442,16 +438,54 @@ class SqliteStore:
         if not (rates or slots or quotas):
             return
 
-        def settle() -> None:
-            db = self._connection()
-            with db:
-                db.execute("BEGIN IMMEDIATE")
-                now = time.time() * 1000
-                state = _limit_state(db, rates, slots, quotas)
-                after = limits.settle(state, rates, quotas, slots, request_id, now)
-                _write_limits(db, state, after)
+        def settle(db: sqlite3.Connection) -> None:
+            now = time.time() * 1000
+            state = _limit_state(db, rates, slots, quotas)
+            _write_limits(db, state, limits.settle(state, rates, quotas, slots, request_id, now))
 
-        await self._run(settle)
+        await self._limits_op(settle)
+
+    async def _limits_op(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a limits operation in the next group commit: the operations that arrive while
+        one transaction runs share the next one (each still reads what the one before it
+        wrote), so a burst costs one executor hop and one commit, not one per request."""
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._limit_ops.append((op, done))
+        if self._limit_commits is None or self._limit_commits.done():
+            self._limit_commits = asyncio.get_running_loop().create_task(self._commit_limits())
+        return cast(T, await done)
+
+    async def _commit_limits(self) -> None:
+        while self._limit_ops:
+            batch, self._limit_ops = self._limit_ops, []
+            try:
+                results = await self._run(partial(self._apply_limits, [op for op, _ in batch]))
+            except StoreUnavailable as e:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(e)
+                continue
+            for (_, done), result in zip(batch, results, strict=True):
+                if not done.done():  # its caller may have been cancelled meanwhile
+                    done.set_result(result)
+
+    def _apply_limits(self, ops: list[Callable[[sqlite3.Connection], Any]]) -> list[Any]:
+        """One write transaction for a batch of limits operations, in their order. Each reads
+        the clock once the write lock is held: a transaction of another connection that went
+        first must never be in its future. Idle rows are purged at most once a second."""
+        db = self._connection()
+        with db:  # commits, or rolls back on an exception
+            db.execute("BEGIN IMMEDIATE")
+            now = time.time()
+            if now - self._limits_purged >= 1.0:
+                self._limits_purged = now
+                for table, column in _LIMITS_IDLE:
+                    db.execute(
+                        f"DELETE FROM {table} WHERE rowid IN "
+                        f"(SELECT rowid FROM {table} WHERE {column} <= ? LIMIT ?)",
+                        (now * 1000, _PURGE_BATCH),
+                    )
+            return [op(db) for op in ops]
 
     async def usage_append(
         self,
@@ -589,24 +623,22 @@ def _limit_state(
 
 
 def _write_limits(db: sqlite3.Connection, before: limits.State, after: limits.State) -> None:
-    """Write the rows that differ between the state read and the one decided."""
-    db.executemany(
-        "INSERT INTO limit_rates VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET tat = excluded.tat",
-        list(after.tats.items()),
-    )
+    """Write the rows that differ between the state read and the one decided (one statement
+    per kind of change, none for a change with no rows)."""
+    gone, slots = [], []
     for key, leases in after.leases.items():
         held = before.leases.get(key, {})
-        db.executemany(
-            "DELETE FROM limit_slots WHERE key = ? AND request = ?",
-            [(key, request) for request in held if request not in leases],
-        )
-        db.executemany(
-            "INSERT INTO limit_slots VALUES (?, ?, ?) ON CONFLICT (key, request) "
-            "DO UPDATE SET expires = excluded.expires",
-            [(key, r, e) for r, e in leases.items() if held.get(r) != e],
-        )
-    db.executemany(
-        "INSERT INTO limit_quotas VALUES (?, ?, ?) ON CONFLICT (key) "
-        "DO UPDATE SET used = excluded.used, expires = excluded.expires",
-        [(key, tally.used, tally.expires_ms) for key, tally in after.quotas.items()],
-    )
+        gone += [(key, request) for request in held if request not in leases]
+        slots += [(key, r, e) for r, e in leases.items() if held.get(r) != e]
+    for sql, rows in (
+        ("INSERT INTO limit_rates VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET "
+         "tat = excluded.tat", list(after.tats.items())),
+        ("DELETE FROM limit_slots WHERE key = ? AND request = ?", gone),
+        ("INSERT INTO limit_slots VALUES (?, ?, ?) ON CONFLICT (key, request) DO UPDATE SET "
+         "expires = excluded.expires", slots),
+        ("INSERT INTO limit_quotas VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
+         "used = excluded.used, expires = excluded.expires",
+         [(key, tally.used, tally.expires_ms) for key, tally in after.quotas.items()]),
+    ):  # fmt: skip
+        if rows:
+            db.executemany(sql, rows)

@@ -444,7 +444,7 @@ def test_redis_limits_outage_is_store_unavailable_and_the_store_recovers(
 # SQLite only.
 
 
-def test_sqlite_purges_idle_limit_rows_on_admission(tmp_path: Path) -> None:
+def test_sqlite_purges_idle_limit_rows_on_admission_once_a_second(tmp_path: Path) -> None:
     path = tmp_path / "sp.db"
     idle = new_key("idle")
 
@@ -454,7 +454,7 @@ def test_sqlite_purges_idle_limit_rows_on_admission(tmp_path: Path) -> None:
         verdict = await s.limits_admit([Rate(idle, 60_000, 1)], [Slots(idle, 1)], [quota], "r",
                                        0.05)  # fmt: skip
         assert verdict.allowed
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(1.1)  # idle rows go with the first admission after a second
         assert (await s.limits_admit([Rate(new_key("busy"), 60, 1)], [], [], "r", LEASE)).allowed
 
     with_open(SqliteStore(str(path)), body)
