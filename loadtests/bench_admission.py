@@ -764,7 +764,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"wrk -t1 -c{s['connections']}, {s['duration_s']:g} s per measurement; latency at "
         f"{s['rate']} requests/s (open loop, to the last byte; each percentile the median of "
         f"{s['rounds']} rounds that take the targets in turn); {pinning}; Redis {s['redis']} "
-        "(not pinned). Admission only: the usage ledger does not exist yet.",
+        "(not pinned). guard and limits targets write the usage ledger too (the default).",
         "",
         "| target | store | requests/s | x none | CPU µs/req | CPU used | p50 ms | p99 ms "
         "| EVALSHA/req (wrk / open loop) | Redis CPU µs/req |",

@@ -128,13 +128,18 @@ class Gateway:
         raise AssertionError(f"no access log line for {request_id}")
 
 
-@pytest.fixture(scope="session")
-def mock() -> Iterator[Mock]:
+def running_mock() -> Iterator[Mock]:
+    """A mock provider process, for the length of a fixture."""
     port = free_port()
     proc = Proc(["mock", "--port", str(port)])
     proc.wait_port(port)
     yield Mock(proc, port)
     proc.stop()
+
+
+@pytest.fixture(scope="session")
+def mock() -> Iterator[Mock]:
+    yield from running_mock()
 
 
 def mock_provider(

@@ -114,14 +114,9 @@ class Admission:
             actual = Reservation(trace.usage.total_tokens, self._micro_usd(trace.usage, trace))
         elif not trace.attempts:
             actual = Reservation(0, 0)
-        fix = settlement(ticket.limits, actual)
-        if not fix:  # nothing to correct, no slot to give back: no store call
-            return
-        write = self._store.limits_settle(fix.rates, fix.quotas, fix.slots, ticket.request_id)
-        if fix.slots:
-            await self._guard.call(write)
-        else:
-            self._guard.later(write)
+        await write_settlement(
+            self._store, self._guard, settlement(ticket.limits, actual), ticket.request_id
+        )
 
     async def close(self) -> None:
         await self._guard.close()
@@ -183,6 +178,18 @@ class Admission:
             self._warned.clear()
         self._warned.add(key)
         return True
+
+
+async def write_settlement(store: Store, guard: StoreGuard, fix: Limits, request_id: str) -> None:
+    """Write a settlement: nothing when there is nothing to correct and no slot to give back;
+    slots are given back before this returns, token corrections alone in the background."""
+    if not fix:
+        return
+    write = store.limits_settle(fix.rates, fix.quotas, fix.slots, request_id)
+    if fix.slots:
+        await guard.call(write)
+    else:
+        guard.later(write)
 
 
 def _any_limit(client: ClientSpec | None, spec: ModelSpec) -> bool:

@@ -20,6 +20,7 @@ from gateway.decide.admission import (
     settlement,
 )
 from gateway.errors import SavepointError
+from gateway.stages.admit import write_settlement
 from gateway.stages.guard import StoreGuard
 from gateway.stores.base import Store
 
@@ -53,13 +54,7 @@ class DeploymentQuota:
     async def give_back(self, limits: Limits, used_tokens: int, request_id: str) -> None:
         """Once the attempt is over: its slot at once, the token correction in the background."""
         fix = settlement(limits, Reservation(used_tokens, None))
-        if not fix:
-            return
-        write = self._store.limits_settle(fix.rates, fix.quotas, fix.slots, request_id)
-        if fix.slots:
-            await self._guard.call(write)
-        else:
-            self._guard.later(write)
+        await write_settlement(self._store, self._guard, fix, request_id)
 
     async def close(self) -> None:
         await self._guard.close()

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from harness import ROOT, Gateway, Gateways, Mock, OwnRedis, Proc, free_port
+from harness import ROOT, Gateway, Gateways, Mock, OwnRedis, running_mock
 
 from gateway.decide.ledger import Entry, from_json
 from gateway.stores.sqlite import SqliteStore
@@ -37,11 +37,7 @@ def _hash(key: str) -> str:
 @pytest.fixture(scope="module")
 def own_mock() -> Iterator[Mock]:
     """A mock of this module's own: its billed totals are this module's alone."""
-    port = free_port()
-    proc = Proc(["mock", "--port", str(port)])
-    proc.wait_port(port)
-    yield Mock(proc, port)
-    proc.stop()
+    yield from running_mock()
 
 
 def _policy(mock: Mock, store: str) -> str:
