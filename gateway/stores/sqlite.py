@@ -419,7 +419,7 @@ class SqliteStore:
 
         def admit(db: sqlite3.Connection) -> Verdict:
             now = time.time() * 1000
-            state = _limit_state(db, rates, slots, quotas)
+            state = _limit_state(db, rates, slots, quotas, now)
             decision = limits.admit(state, rates, slots, quotas, request_id, lease * 1000, now)
             if decision.state is not None:
                 _write_limits(db, state, decision.state)
@@ -439,9 +439,16 @@ class SqliteStore:
             return
 
         def settle(db: sqlite3.Connection) -> None:
+            # the request's leases go by key and id: no need to read the others (lapsed ones
+            # are purged with the idle rows)
             now = time.time() * 1000
-            state = _limit_state(db, rates, slots, quotas)
-            _write_limits(db, state, limits.settle(state, rates, quotas, slots, request_id, now))
+            state = _limit_state(db, rates, (), quotas, now)
+            _write_limits(db, state, limits.settle(state, rates, quotas, (), request_id, now))
+            if slots:
+                keys = [slot.key for slot in slots]
+                marks = ",".join("?" * len(keys))
+                sql = f"DELETE FROM limit_slots WHERE request = ? AND key IN ({marks})"
+                db.execute(sql, (request_id, *keys))
 
         await self._limits_op(settle)
 
@@ -600,20 +607,24 @@ def _count(db: sqlite3.Connection, group: str, delta: int) -> int:
 
 
 def _limit_state(
-    db: sqlite3.Connection, rates: Sequence[Rate], slots: Sequence[Slots], quotas: Sequence[Quota]
+    db: sqlite3.Connection,
+    rates: Sequence[Rate],
+    slots: Sequence[Slots],
+    quotas: Sequence[Quota],
+    now_ms: float,
 ) -> limits.State:
-    """What the rows of these limits' keys hold (idle rows included: the decision ignores
-    them)."""
+    """What the rows of these limits' keys hold: idle rates and quotas included (the decision
+    ignores them), leases only while they run (lapsed ones are purged with the idle rows)."""
 
-    def rows(sql: str, keys: list[str]) -> list[Any]:
+    def rows(sql: str, keys: list[str], *more: float) -> list[Any]:
         if not keys:
             return []
-        return db.execute(sql.format(",".join("?" * len(keys))), keys).fetchall()
+        return db.execute(sql.format(",".join("?" * len(keys))), (*keys, *more)).fetchall()
 
     tats = dict(rows("SELECT key, tat FROM limit_rates WHERE key IN ({})", [r.key for r in rates]))
     leases: dict[str, dict[str, float]] = {slot.key: {} for slot in slots}
-    sql = "SELECT key, request, expires FROM limit_slots WHERE key IN ({})"
-    for key, request, expires in rows(sql, list(leases)):
+    sql = "SELECT key, request, expires FROM limit_slots WHERE key IN ({}) AND expires > ?"
+    for key, request, expires in rows(sql, list(leases), now_ms):
         leases[key][request] = expires
     sql = "SELECT key, used, expires FROM limit_quotas WHERE key IN ({})"
     tallies = {
