@@ -37,12 +37,18 @@ _COLUMNS = (  # (heading, field of a report row, format)
 )
 
 
+_FLAGS = {"from": "--from", "to": "--to", "since": "--since", "group_by": "--by"}
+
+
 def run(policy: Policy, params: Mapping[str, str], output: str) -> tuple[int, str]:
     """(exit status, text to print)."""
     try:
         query = parse_query(params, time.time())
     except InvalidRequest as e:
-        return 2, f"savepoint usage: {e.message.replace('`from`', '--from')}"
+        message = e.message  # it names the API's parameters: say the flags instead
+        for param, flag in _FLAGS.items():
+            message = message.replace(f"`{param}`", flag)
+        return 2, f"savepoint usage: {message}"
     try:
         report = asyncio.run(_report(policy, query))
     except StoreUnavailable as e:
