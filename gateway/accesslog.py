@@ -19,8 +19,9 @@ from gateway.model import Trace
 
 
 class AccessLog:
-    def __init__(self, stream: TextIO | None = None):
+    def __init__(self, stream: TextIO | None = None, worker: int | None = None):
         self._stream = stream or sys.stderr
+        self._worker = worker  # this process's index among the workers of one gateway
         self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
@@ -38,7 +39,7 @@ class AccessLog:
             self._thread = None
 
     def write(self, trace: Trace, now: float) -> None:
-        self._queue.put(line(trace, now))
+        self._queue.put(line(trace, now, self._worker))
 
     def event(self, record: dict[str, Any]) -> None:
         """A line about the gateway rather than a request (a breaker opening, say)."""
@@ -57,17 +58,37 @@ class AccessLog:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-            if batch:
-                try:
-                    self._stream.write(b"".join(batch).decode())
+            try:
+                for chunk in _chunks(batch):
+                    self._stream.write(chunk.decode())
                     self._stream.flush()
-                except (OSError, ValueError):
-                    pass  # stderr is gone (closed pipe): drop the lines, keep draining
+            except (OSError, ValueError):
+                pass  # stderr is gone (closed pipe): drop the lines, keep draining
             if item is None:
                 return
 
 
-def line(trace: Trace, now: float) -> bytes:
+_ATOMIC = 4096  # PIPE_BUF: a write to a pipe up to this size is never interleaved with another
+
+
+def _chunks(lines: list[bytes]) -> list[bytes]:
+    """Lines joined into writes of at most `_ATOMIC` bytes, so that the workers of one gateway
+    sharing a stderr pipe never cut each other's lines (a longer line goes alone)."""
+    chunks: list[bytes] = []
+    current: list[bytes] = []
+    size = 0
+    for item in lines:
+        if current and size + len(item) > _ATOMIC:
+            chunks.append(b"".join(current))
+            current, size = [], 0
+        current.append(item)
+        size += len(item)
+    if current:
+        chunks.append(b"".join(current))
+    return chunks
+
+
+def line(trace: Trace, now: float, worker: int | None = None) -> bytes:
     record: dict[str, Any] = {
         "ts": round(time.time(), 3),
         "request_id": trace.request_id,
@@ -99,6 +120,8 @@ def line(trace: Trace, now: float) -> bytes:
         record["flags"] = trace.flags
     if trace.detached:
         record["detached"] = True
+    if worker is not None:
+        record["worker"] = worker
     if trace.saved is not None:
         record["saved_tokens"] = trace.saved.total_tokens
     if trace.usage is not None:

@@ -27,6 +27,7 @@ from gateway.server import (
     HEALTH,
     LEDGER,
     METRICS,
+    PEERS,
     POLICY,
     RUNS,
     SCRAPE,
@@ -67,7 +68,11 @@ async def metrics(request: web.Request) -> web.Response:
     every breaker, which `/admin/breakers` guards too (Prometheus sends the key with
     `authorization: {credentials: ...}`)."""
     _check_admin(request, "/metrics")
-    body = request.app[METRICS].render(request.app[HEALTH].snapshot())
+    metrics = request.app[METRICS]
+    peers = request.app.get(PEERS)
+    if peers is not None:  # one of several workers: add up the others' latest snapshots
+        metrics = metrics.merged(await peers.others())
+    body = metrics.render(request.app[HEALTH].snapshot())
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 

@@ -33,6 +33,7 @@ from gateway.server import (
     HEALTH,
     LEDGER,
     METRICS,
+    PEERS,
     PIPELINE,
     POLICY,
     RECORDS,
@@ -52,18 +53,23 @@ from gateway.stores.base import Store, StoreUnavailable
 from gateway.stores.redis import RedisStore
 from gateway.stores.sqlite import SqliteStore
 from gateway.tokens import Tokenizer
+from gateway.workers import Peers
 
 
 def build_app(
-    policy: Policy, tokenizer: Tokenizer | None = None, log_stream: TextIO | None = None
+    policy: Policy,
+    tokenizer: Tokenizer | None = None,
+    log_stream: TextIO | None = None,
+    peers: Peers | None = None,
 ) -> web.Application:
     """The application. `tokenizer`: loaded by the caller off the event loop (it takes half a
-    second), needed when the policy has token limits or budgets (see `needs_tokenizer`)."""
+    second), needed when the policy has token limits or budgets (see `needs_tokenizer`).
+    `peers`: this process is one of the workers of `serve --workers N`."""
     app = web.Application(client_max_size=policy.server.max_body_bytes)
     providers = {name: OpenAIProvider(spec) for name, spec in policy.providers.items()}
     drain = Drain()
     store = build_store(policy)
-    access_log = AccessLog(log_stream)
+    access_log = AccessLog(log_stream, worker=peers.index if peers is not None else None)
     metrics = Metrics(policy)
     ledger = UsageLedger(policy, store, access_log.event)
     records = Records(access_log, metrics, ledger)
@@ -73,6 +79,9 @@ def build_app(
     app[RECORDS] = records
     app[METRICS] = metrics
     app[LEDGER] = ledger
+    if peers is not None:
+        app[PEERS] = peers
+        app.cleanup_ctx.append(_publishing(peers, metrics))
     app[STARTED_AT] = int(time.time())
     targets = sorted({t.label for m in policy.models.values() for t in m.targets})
     ejections = EjectionSync(store, targets, access_log.event)
@@ -171,6 +180,17 @@ def _writing(ledger: UsageLedger) -> Callable[[web.Application], AsyncIterator[N
         ledger.start()
         yield
         await ledger.close()  # after the detached calls have ended: they write entries too
+
+    return ctx
+
+
+def _publishing(peers: Peers, metrics: Metrics) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.get_running_loop().create_task(peers.publish(metrics))
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     return ctx
 

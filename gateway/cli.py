@@ -20,6 +20,7 @@ from gateway.config import Policy, PolicyError, load_policy
 from gateway.mock import add_knob_arguments, build_mock_app, knobs_from_args
 from gateway.server import DRAIN, STORE
 from gateway.tokens import EncodingFileError, Tokenizer
+from gateway.workers import Peers, port_taken, supervise
 
 DEFAULT_POLICY = "policies/default.yaml"
 # The same file, shipped inside the package, for `savepoint serve` run outside a checkout.
@@ -40,6 +41,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
     )
     serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="gateway processes sharing the port (SO_REUSEPORT) and the store (default 1)",
+    )
+    serve.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set by the supervisor
+    serve.add_argument("--worker-dir", help=argparse.SUPPRESS)
     serve.add_argument(
         "--insecure-no-auth",
         action="store_true",
@@ -100,9 +109,14 @@ def _check(files: Sequence[str]) -> int:
     return 1 if failed else 0
 
 
-def _load(path: str | None) -> Policy | None:
+def _policy_path(path: str | None) -> str:
     if path is None:
-        path = DEFAULT_POLICY if os.path.exists(DEFAULT_POLICY) else BUILTIN_POLICY
+        return DEFAULT_POLICY if os.path.exists(DEFAULT_POLICY) else BUILTIN_POLICY
+    return path
+
+
+def _load(path: str | None) -> Policy | None:
+    path = _policy_path(path)
     try:
         return load_policy(path, os.environ)
     except PolicyError as e:
@@ -142,21 +156,32 @@ def _serve(args: argparse.Namespace) -> int:
             "off and anyone could use your providers. Add `clients:` to the policy, or pass "
             "--insecure-no-auth if that is really what you want."
         )
+    if args.workers < 1:
+        return _fail(f"--workers must be at least 1, got {args.workers}")
+    if args.worker is None and args.workers > 1:
+        if port_taken(args.host, args.port):
+            return _fail(f"cannot listen on {args.host}:{args.port}: the port is already in use "
+                         "(use --port)")  # fmt: skip
+        child = ["serve", "--policy", _policy_path(args.policy), "--host", args.host,
+                 "--port", str(args.port), *(["--insecure-no-auth"] if args.insecure_no_auth
+                                            else [])]  # fmt: skip
+        return supervise(child, args.workers, policy.server.drain_timeout)
+    peers = Peers(args.worker, args.worker_dir) if args.worker is not None else None
     _use_uvloop()
     try:
-        return asyncio.run(_run_gateway(policy, args.host, args.port))
+        return asyncio.run(_run_gateway(policy, args.host, args.port, peers))
     except KeyboardInterrupt:
         return 0
 
 
-async def _run_gateway(policy: Policy, host: str, port: int) -> int:
+async def _run_gateway(policy: Policy, host: str, port: int, peers: Peers | None) -> int:
     tokenizer = None
     if needs_tokenizer(policy):
         try:
             tokenizer = await asyncio.to_thread(Tokenizer.load)
         except EncodingFileError as e:
             return _fail(f"cannot count tokens: {e}")
-    app = build_app(policy, tokenizer)
+    app = build_app(policy, tokenizer, peers=peers)
     runner = web.AppRunner(
         app,
         handle_signals=False,
@@ -165,7 +190,7 @@ async def _run_gateway(policy: Policy, host: str, port: int) -> int:
         shutdown_timeout=policy.server.drain_timeout + 10,
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=2048)
+    site = web.TCPSite(runner, host, port, backlog=2048, reuse_port=peers is not None)
     try:
         await site.start()
     except OSError as e:

@@ -15,9 +15,12 @@ named none). Targets: the policy's deployments, `cache`, `journal`, `idempotency
 
 from __future__ import annotations
 
+import copy
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
+
+import orjson
 
 from gateway.config.schema import Policy
 from gateway.decide.cost import cost_usd, deployment_prices
@@ -87,6 +90,35 @@ class Metrics:
         self._loops: dict[tuple[str, str], int] = {}
         self._duration: dict[tuple[str, str], _Histogram] = {}
         self._ttfb: dict[str, _Histogram] = {}
+
+    def snapshot(self) -> bytes:
+        """Every series as it stands, for the other workers of the same gateway to add up."""
+        state: dict[str, Any] = {name: list(getattr(self, name).items()) for name in _COUNTED}
+        for name in _HISTOGRAMS:
+            state[name] = [(k, (h.counts, h.sum)) for k, h in getattr(self, name).items()]
+        return orjson.dumps(state)
+
+    def merged(self, snapshots: Iterable[bytes]) -> Metrics:
+        """A copy of these metrics with the other workers' snapshots added, to render."""
+        total = copy.copy(self)
+        for name in _COUNTED:
+            setattr(total, name, {k: copy.copy(v) for k, v in getattr(self, name).items()})
+        for name in _HISTOGRAMS:
+            setattr(total, name, {k: _copy(h) for k, h in getattr(self, name).items()})
+        for raw in snapshots:
+            try:
+                state = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue  # a snapshot caught mid-write: the next scrape has it
+            for name in _COUNTED:
+                _add_counts(getattr(total, name), state.get(name, []))
+            for name in _HISTOGRAMS:
+                into = getattr(total, name)
+                for k, (counts, seconds) in state.get(name, []):
+                    h = into.setdefault(_key(k), _Histogram())
+                    h.counts = [a + b for a, b in zip(h.counts, counts, strict=True)]
+                    h.sum += seconds
+        return total
 
     def observe(self, trace: Trace, ended: float, refused: str | None = None) -> None:
         """Count one finished request. `refused`: the limit that refused it (`refused_limit`)."""
@@ -266,6 +298,32 @@ def _outcome(trace: Trace, refused: str | None) -> str:
     if trace.status >= 400 or trace.error_code is not None:
         return "failed"
     return "live"
+
+
+_COUNTED = ("_requests", "_usage", "_saved", "_wasted", "_refused", "_attempts", "_cache",
+            "_loops")  # fmt: skip
+_HISTOGRAMS = ("_duration", "_ttfb")
+
+
+def _key(k: Any) -> Any:
+    return tuple(k) if isinstance(k, list) else k  # JSON made the tuples lists
+
+
+def _add_counts(into: dict[Any, Any], items: list[Any]) -> None:
+    for k, v in items:
+        key = _key(k)
+        if isinstance(v, list):  # token kinds and dollars
+            row = into.setdefault(key, [0] * len(v))
+            for i, x in enumerate(v):
+                row[i] += x
+        else:
+            into[key] = into.get(key, 0) + v
+
+
+def _copy(h: _Histogram) -> _Histogram:
+    c = _Histogram()
+    c.counts, c.sum = list(h.counts), h.sum
+    return c
 
 
 def _observe(series: dict[Any, _Histogram], key: Any, seconds: float) -> None:

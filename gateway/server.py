@@ -44,6 +44,7 @@ from gateway.model import Endpoint, Principal, Trace
 from gateway.pipeline import Inbound, Pipeline
 from gateway.stages.runs import RunJournal
 from gateway.stores.base import Store, StoreUnavailable
+from gateway.workers import Peers
 
 log = logging.getLogger("savepoint")
 
@@ -56,6 +57,7 @@ HEALTH = web.AppKey("health", Health)
 RUNS = web.AppKey("runs", RunJournal)
 METRICS = web.AppKey("metrics", Metrics)
 LEDGER = web.AppKey("ledger", UsageLedger)
+PEERS = web.AppKey("peers", Peers)  # set only in a worker of `serve --workers N`
 TRACE = web.RequestKey("trace", Trace)
 
 _PROBES = frozenset(("/healthz", "/readyz"))

@@ -534,3 +534,23 @@ def test_metrics_are_refused_with_clients_but_no_admin_key(gateways: Gateways) -
         assert response.json()["error"]["code"] == "admin_not_configured"
     finally:
         gw.proc.stop()
+
+
+def test_workers_metrics_add_up_from_snapshots(policy: Policy) -> None:
+    """`serve --workers N`: a scrape adds the other workers' snapshots to its own series."""
+    mine, theirs = Metrics(policy), Metrics(policy)
+    billed = Usage(10, 20, 30)
+    mine.observe(_trace(usage=billed, target="mock/mock-gpt"), 100.01)
+    for _ in range(3):
+        theirs.observe(_trace(usage=billed, target="mock/mock-gpt", stream=True, first_byte=100.02,
+                              attempts=[Attempt("mock/mock-gpt", "ok", 1)]), 100.3)  # fmt: skip
+    s = _render(mine.merged([theirs.snapshot(), b"{half a snapsh"]))
+    assert _get(s, "savepoint_requests_total", client="alice", model="m", outcome="live",
+                code="200") == 4  # fmt: skip
+    assert _get(s, "savepoint_tokens_total", client="alice", model="m", kind="prompt") == 40
+    assert _get(s, "savepoint_request_duration_seconds_count", model="m", outcome="live") == 4
+    assert _get(s, "savepoint_time_to_first_byte_seconds_count", model="m") == 3
+    assert _get(s, "savepoint_upstream_attempts_total", target="mock/mock-gpt", outcome="ok") == 3
+    # the merge is a copy: the worker's own counters are untouched
+    assert _get(_render(mine), "savepoint_requests_total", client="alice", model="m",
+                outcome="live", code="200") == 1  # fmt: skip
