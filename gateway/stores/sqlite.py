@@ -419,7 +419,7 @@ class SqliteStore:
 
         def admit(db: sqlite3.Connection) -> Verdict:
             now = time.time() * 1000
-            state = _limit_state(db, rates, slots, quotas, now)
+            state = _limit_state(db, rates, slots, quotas, now, request_id)
             decision = limits.admit(state, rates, slots, quotas, request_id, lease * 1000, now)
             if decision.state is not None:
                 _write_limits(db, state, decision.state)
@@ -612,6 +612,7 @@ def _limit_state(
     slots: Sequence[Slots],
     quotas: Sequence[Quota],
     now_ms: float,
+    request_id: str = "",
 ) -> limits.State:
     """What the rows of these limits' keys hold: idle rates and quotas included (the decision
     ignores them), leases only while they run (lapsed ones are purged with the idle rows)."""
@@ -623,9 +624,21 @@ def _limit_state(
 
     tats = dict(rows("SELECT key, tat FROM limit_rates WHERE key IN ({})", [r.key for r in rates]))
     leases: dict[str, dict[str, float]] = {slot.key: {} for slot in slots}
-    sql = "SELECT key, request, expires FROM limit_slots WHERE key IN ({}) AND expires > ?"
-    for key, request, expires in rows(sql, list(leases), now_ms):
-        leases[key][request] = expires
+    if slots:
+        # A summary of each key's running leases instead of every row (a busy key holds one
+        # per request in flight): the decision only needs how many there are, whether this
+        # request holds one, and the earliest expiry; the others stand in as that many
+        # anonymous leases, which the write leaves as they are.
+        marks = ",".join("?" * len(leases))
+        sql = (
+            "SELECT key, COUNT(*), MIN(expires), MAX(CASE WHEN request = ? THEN expires END) "
+            f"FROM limit_slots WHERE key IN ({marks}) AND expires > ? GROUP BY key"
+        )
+        for key, count, earliest, own in db.execute(sql, (request_id, *leases, now_ms)):
+            held = leases[key]
+            if own is not None:
+                held[request_id], count = own, count - 1
+            held.update((f"\x00{i}", earliest) for i in range(count))
     sql = "SELECT key, used, expires FROM limit_quotas WHERE key IN ({})"
     tallies = {
         key: Tally(used, expires) for key, used, expires in rows(sql, [q.key for q in quotas])
