@@ -91,8 +91,8 @@ def build_app(
     runs = RunJournal(store, access_log.event, policy.runs.retention)
     app[RUNS] = runs
     idempotency = Idempotency(store, access_log.event, policy.idempotency)
-    admission = Admission(policy, store, tokenizer, access_log.event)
     deployments = deployment_specs(policy.providers, policy.models.values())
+    admission = Admission(policy, store, tokenizer, access_log.event, deployments)
     quota = DeploymentQuota(deployments, store, access_log.event) if deployments else None
     dispatcher = Dispatcher(providers, health, drain, quota)
     pipeline = Pipeline(

@@ -11,13 +11,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
+from redis.exceptions import RedisError
+
+from gateway.stores.base import StoreUnavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 PROVIDER_KEY = "sk-provider-secret-0123456789"
@@ -282,3 +285,14 @@ class OwnRedis:
             self.proc.terminate()
             self.proc.wait(10)
             self.proc = None
+
+
+async def store_error(operation: Awaitable[object]) -> str:
+    """What a store call raised, as its message ("no error" if nothing): only ever the
+    seam's own `StoreUnavailable`, never the client library's exception."""
+    try:
+        await operation
+    except StoreUnavailable as e:
+        assert type(e) is StoreUnavailable and not isinstance(e, RedisError)
+        return str(e)
+    return "no error"

@@ -15,16 +15,16 @@ store must not become an outage of the gateway), logged once per outage; the ans
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway.breakers import EventSink
-from gateway.config.schema import ClientSpec, GuardSpec, ModelSpec, Policy
+from gateway.config.schema import ClientSpec, GuardSpec, LimitSpec, ModelSpec, Policy
 from gateway.decide.admission import (
     MICRO,
     Limits,
     Reservation,
     budget_used,
-    deployment_specs,
     guard_limits,
     limits_for,
     looping,
@@ -57,15 +57,20 @@ class Ticket:
 
 class Admission:
     def __init__(
-        self, policy: Policy, store: Store, tokenizer: Tokenizer | None, events: EventSink
+        self,
+        policy: Policy,
+        store: Store,
+        tokenizer: Tokenizer | None,
+        events: EventSink,
+        deployments: Mapping[str, LimitSpec],
     ):
+        self._deployments = deployments  # the limits of the deployments that have some
         self._policy = policy
         self._store = store
         self._tokenizer = tokenizer
         self._events = events
         self._guard = StoreGuard("limits", events)
         self._warned: set[str] = set()  # budget periods and loop counters already logged
-        self._deployments = deployment_specs(policy.providers, policy.models.values())
         self._prices = deployment_prices(policy.prices, policy.models.values())
 
     async def admit(

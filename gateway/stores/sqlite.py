@@ -17,8 +17,9 @@ Expired rows are ignored on read and purged a bounded batch at a time on each cl
 
 Limits are three tables, times in epoch ms: `limit_rates` (a bucket's TAT), `limit_slots`
 (one row per lease) and `limit_quotas` (a counter and the end of its period). An admission
-or a settlement reads the rows of its keys, decides with `gateway.decide.limits` and writes
-what changed, inside a write transaction (BEGIN IMMEDIATE), which makes it atomic across
+or a settlement reads the rows of its keys (a summary of a concurrency key's leases: how
+many run, the earliest expiry, the request's own), decides with `gateway.decide.limits` and
+writes what changed, inside a write transaction (BEGIN IMMEDIATE), which makes it atomic across
 connections and processes sharing the file. The operations that arrive while one
 transaction runs share the next (group commit): one after the other, each seeing what the
 one before it wrote, so a burst pays for one commit and one hop to the writer thread. Idle
@@ -617,10 +618,10 @@ def _limit_state(
     """What the rows of these limits' keys hold: idle rates and quotas included (the decision
     ignores them), leases only while they run (lapsed ones are purged with the idle rows)."""
 
-    def rows(sql: str, keys: list[str], *more: float) -> list[Any]:
+    def rows(sql: str, keys: list[str]) -> list[Any]:
         if not keys:
             return []
-        return db.execute(sql.format(",".join("?" * len(keys))), (*keys, *more)).fetchall()
+        return db.execute(sql.format(",".join("?" * len(keys))), keys).fetchall()
 
     tats = dict(rows("SELECT key, tat FROM limit_rates WHERE key IN ({})", [r.key for r in rates]))
     leases: dict[str, dict[str, float]] = {slot.key: {} for slot in slots}

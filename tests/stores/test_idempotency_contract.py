@@ -15,10 +15,9 @@ from typing import TypeVar
 
 import pytest
 import redis
-from harness import OwnRedis
-from redis.exceptions import RedisError
+from harness import OwnRedis, store_error
 
-from gateway.stores.base import IdemRecord, Store, StoreUnavailable
+from gateway.stores.base import IdemRecord, Store
 from gateway.stores.redis import RedisStore
 from gateway.stores.sqlite import SqliteStore
 
@@ -417,23 +416,15 @@ def test_redis_idem_outage_is_store_unavailable_and_the_store_recovers(
 ) -> None:
     key, other = new_key(), new_key()
 
-    async def attempt(operation: Awaitable[object]) -> str:
-        try:
-            await operation
-            return "no error"
-        except StoreUnavailable as e:
-            assert type(e) is StoreUnavailable and not isinstance(e, RedisError)
-            return str(e)
-
     async def body(s: Store) -> tuple[list[str], list[object]]:
         assert await s.idem_claim(key, "fp", "owner-a", 30, 60) is None
         assert await s.idem_write(key, "owner-a", b"meta", b"before", 30) is True
         own_redis.stop()
         errors = [
-            await attempt(s.idem_claim(key, "fp", "owner-b", 30, 60)),
-            await attempt(s.idem_read(key, 0)),
-            await attempt(s.idem_write(key, "owner-a", b"", b"during", 30)),
-            await attempt(s.idem_end(key, "owner-a", "done", b"meta", b"during", 60)),
+            await store_error(s.idem_claim(key, "fp", "owner-b", 30, 60)),
+            await store_error(s.idem_read(key, 0)),
+            await store_error(s.idem_write(key, "owner-a", b"", b"during", 30)),
+            await store_error(s.idem_end(key, "owner-a", "done", b"meta", b"during", 60)),
         ]
         own_redis.start()  # a fresh server on the same port: the old records are gone
         after = [

@@ -19,12 +19,11 @@ from typing import TypeVar
 
 import pytest
 import redis
-from harness import OwnRedis
-from redis.exceptions import RedisError
+from harness import OwnRedis, store_error
 
 from gateway.decide import limits
 from gateway.decide.limits import Kind, Quota, Rate, Slots, State, Verdict
-from gateway.stores.base import Store, StoreUnavailable
+from gateway.stores.base import Store
 from gateway.stores.redis import RedisStore
 from gateway.stores.sqlite import SqliteStore
 
@@ -416,20 +415,12 @@ def test_redis_limits_outage_is_store_unavailable_and_the_store_recovers(
     rpm, slots = Rate("rpm", 60, 1), Slots("conc", 2)
     quota = Quota("day", 100, 10, now_ms() + 3_600_000)
 
-    async def attempt(operation: Awaitable[object]) -> str:
-        try:
-            await operation
-            return "no error"
-        except StoreUnavailable as e:
-            assert type(e) is StoreUnavailable and not isinstance(e, RedisError)
-            return str(e)
-
     async def body(s: Store) -> tuple[list[str], Verdict]:
         assert (await s.limits_admit([rpm], [slots], [quota], "r1", LEASE)).allowed
         own_redis.stop()
         errors = [
-            await attempt(s.limits_admit([rpm], [slots], [quota], "r2", LEASE)),
-            await attempt(s.limits_settle([rpm], [quota], [slots], "r1")),
+            await store_error(s.limits_admit([rpm], [slots], [quota], "r2", LEASE)),
+            await store_error(s.limits_settle([rpm], [quota], [slots], "r1")),
         ]
         own_redis.start()  # a fresh server: the scripts are loaded again, the state is gone
         return errors, await s.limits_admit([rpm], [slots], [quota], "r3", LEASE)
