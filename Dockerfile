@@ -62,6 +62,8 @@ EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=4)"]
 
-# On SIGTERM the gateway drains in-flight requests for up to server.drain_timeout (30s by
-# default); `docker stop` kills after 10s unless given more: docker stop -t 40.
+# One worker process per CPU the container may use (its cpuset, or its CPU quota:
+# `docker run --cpus 2` gives 2); to choose, run the CMD below with `--workers N` added. On SIGTERM
+# every worker drains in-flight requests for up to server.drain_timeout (30s by default);
+# `docker stop` kills after 10s unless given more: docker stop -t 40.
 CMD ["savepoint", "serve", "--host", "0.0.0.0", "--port", "8080", "--policy", "/etc/savepoint/policy.yaml"]

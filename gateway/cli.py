@@ -20,7 +20,7 @@ from gateway.config import Policy, PolicyError, load_policy
 from gateway.mock import add_knob_arguments, build_mock_app, knobs_from_args
 from gateway.server import DRAIN, STORE
 from gateway.tokens import EncodingFileError, Tokenizer
-from gateway.workers import Peers, port_taken, supervise
+from gateway.workers import Peers, port_taken, supervise, usable_cpus
 
 DEFAULT_POLICY = "policies/default.yaml"
 # The same file, shipped inside the package, for `savepoint serve` run outside a checkout.
@@ -44,8 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument(
         "--workers",
         type=int,
-        default=1,
-        help="gateway processes sharing the port (SO_REUSEPORT) and the store (default 1)",
+        help="gateway processes sharing the port (SO_REUSEPORT) and the store (default: the "
+        f"CPUs this process may use, {usable_cpus()} here)",
     )
     serve.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set by the supervisor
     serve.add_argument("--worker-dir", help=argparse.SUPPRESS)
@@ -156,16 +156,22 @@ def _serve(args: argparse.Namespace) -> int:
             "off and anyone could use your providers. Add `clients:` to the policy, or pass "
             "--insecure-no-auth if that is really what you want."
         )
-    if args.workers < 1:
-        return _fail(f"--workers must be at least 1, got {args.workers}")
-    if args.worker is None and args.workers > 1:
+    workers = args.workers
+    if workers is None:  # one per usable CPU; one on --port 0 (each would get its own port)
+        workers = 1 if args.worker is not None or args.port == 0 else usable_cpus()
+    if workers < 1:
+        return _fail(f"--workers must be at least 1, got {workers}")
+    if args.worker is None and workers > 1:
+        if args.port == 0:
+            return _fail("--workers needs a fixed --port: with --port 0 each worker would "
+                         "listen on a port of its own")  # fmt: skip
         if port_taken(args.host, args.port):
             return _fail(f"cannot listen on {args.host}:{args.port}: the port is already in use "
                          "(use --port)")  # fmt: skip
         child = ["serve", "--policy", _policy_path(args.policy), "--host", args.host,
                  "--port", str(args.port), *(["--insecure-no-auth"] if args.insecure_no_auth
                                             else [])]  # fmt: skip
-        return supervise(child, args.workers, policy.server.drain_timeout)
+        return supervise(child, workers, policy.server.drain_timeout)
     peers = Peers(args.worker, args.worker_dir) if args.worker is not None else None
     _use_uvloop()
     try:
@@ -198,6 +204,7 @@ async def _run_gateway(policy: Policy, host: str, port: int, peers: Peers | None
         if e.errno == errno.EADDRINUSE:
             return _fail(f"cannot listen on {host}:{port}: the port is already in use (use --port)")
         return _fail(f"cannot listen on {host}:{port}: {e.strerror}")
+    stop = _stop_on_signal()  # before the banner: whoever waits for it may signal at once
     off = _switched_off(policy)
     auth = "auth on" if policy.auth_enabled else "auth off"
     print(
@@ -205,7 +212,7 @@ async def _run_gateway(policy: Policy, host: str, port: int, peers: Peers | None
         f"(policy {policy.source}, store {app[STORE].describe()}, {auth}{off})",
         flush=True,
     )
-    await _signalled()
+    await stop.wait()
     print("savepoint: draining in-flight requests", file=sys.stderr, flush=True)
     await site.stop()  # stop accepting; keep serving what is in flight
     await app[DRAIN].run(policy.server.drain_timeout)
@@ -232,18 +239,20 @@ async def _run_mock(args: argparse.Namespace) -> int:
         await runner.cleanup()
         return _fail(f"cannot listen on {args.host}:{args.port}: {e.strerror}")
     port = runner.addresses[0][1]
+    stop = _stop_on_signal()
     print(f"savepoint mock listening on http://{_url_host(args.host)}:{port}/v1", flush=True)
-    await _signalled()
+    await stop.wait()
     await runner.cleanup()
     return 0
 
 
-async def _signalled() -> None:
+def _stop_on_signal() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT, from now on."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
 
 
 def _switched_off(policy: Policy) -> str:

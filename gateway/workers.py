@@ -6,6 +6,10 @@ them. They share state through the store: limits, budgets, the cache, run journa
 idempotency records, the ledger and breaker ejections hold across workers as they do across
 replicas (SQLite serialises writers on its file lock; Redis on its server).
 
+The default number of workers is the number of CPUs this process may run on: its CPU
+affinity (`taskset`, a container's cpuset), capped by a cgroup CPU quota (`docker run --cpus`,
+a Kubernetes CPU limit), which affinity does not show.
+
 The supervisor starts them, prints one banner once all listen, restarts a worker that dies
 (after 1 s, doubling to 30 s while it keeps dying), and on SIGTERM or SIGINT passes the signal
 on and waits for every worker to drain. It serves nothing itself.
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import shutil
 import signal
@@ -68,6 +73,47 @@ def _replace(path: Path, data: bytes) -> None:
     os.replace(temporary, path)  # a reader sees the old snapshot or the new one, never half
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may use: its affinity, capped by the cgroup's CPU quota."""
+    try:
+        allowed = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        allowed = os.cpu_count() or 1
+    return cpus_within(allowed, _read(_CPU_MAX), _read(_CFS_QUOTA), _read(_CFS_PERIOD))
+
+
+_CPU_MAX = "/sys/fs/cgroup/cpu.max"  # cgroup v2: "<quota> <period>" or "max <period>"
+_CFS_QUOTA = "/sys/fs/cgroup/cpu/cpu.cfs_quota_us"  # cgroup v1: -1 for none
+_CFS_PERIOD = "/sys/fs/cgroup/cpu/cpu.cfs_period_us"
+
+
+def cpus_within(
+    allowed: int, cpu_max: str | None, cfs_quota: str | None, cfs_period: str | None
+) -> int:
+    """`allowed` CPUs, capped by a cgroup quota given as the files' text (None: no file). A
+    quota of 1.5 CPUs gives 2: a worker is idle part of the time anyway."""
+    quota, period = None, None
+    if cpu_max is not None and len(parts := cpu_max.split()) == 2:
+        quota, period = parts
+    elif cfs_quota is not None and cfs_period is not None:
+        quota, period = cfs_quota.strip(), cfs_period.strip()
+    try:
+        share = int(quota) / int(period) if quota is not None and period is not None else 0.0
+    except ValueError:  # "max": no quota
+        share = 0.0
+    if share > 0:
+        allowed = min(allowed, math.ceil(share))
+    return max(allowed, 1)
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
 def port_taken(host: str, port: int) -> bool:
     """Whether something already listens there (SO_REUSEPORT would let us join it silently)."""
     try:
@@ -93,17 +139,20 @@ class _Supervisor:
         self._stopping = asyncio.Event()
 
     async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):  # before any worker: none is left behind
+            loop.add_signal_handler(sig, self._stopping.set)
         try:
             banners = await asyncio.gather(*(self._start(i) for i in range(self._n)))
             if any(banner is None for banner in banners):  # a worker said why on stderr
                 await self._stop_all()
                 return 1
+            if self._stopping.is_set():  # signalled while the workers started
+                await self._stop_all()
+                return 0
             first = str(banners[0])
             print(f"{first[:-1]}, {self._n} workers)" if first.endswith(")") else first,
                   flush=True)  # fmt: skip
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self._stopping.set)
             watchers = [loop.create_task(self._watch(i)) for i in range(self._n)]
             await self._stopping.wait()
             print("savepoint: draining in-flight requests", file=sys.stderr, flush=True)

@@ -246,7 +246,8 @@ def start_targets(children: Children, settings: Settings, work: Path, bench: Run
             file = work / f"policy-{name}.yaml"
             file.write_text(json.dumps(policy(kind, store, mock_port, work / store, bench)))
             port = free_port()
-            argv = [python, "-m", "gateway", "serve", "--policy", str(file), "--port", str(port)]
+            argv = [python, "-m", "gateway", "serve", "--policy", str(file), "--port", str(port),
+                    "--workers", "1"]  # fmt: skip
             # The gateway's stderr is its access log: a file, never a pipe.
             child = children.start(f"gateway-{name}", pinned(settings.sut_cpu, argv))
             listening.append((child, port))

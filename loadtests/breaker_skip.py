@@ -72,7 +72,7 @@ def main() -> int:
             policy = work / "policy.yaml"
             policy.write_text(POLICY.format(store=work / "sp.db", mock=mock))
             gw_argv = [sys.executable, "-m", "gateway", "serve", "--policy", str(policy),
-                       "--port", str(gw)]  # fmt: skip
+                       "--port", str(gw), "--workers", "1"]  # fmt: skip
             children.start("gateway", pinned(0, gw_argv)).wait_listening(gw)
             url = f"http://127.0.0.1:{gw}/v1/chat/completions"
             for _ in range(3):  # open the dead deployment's breaker

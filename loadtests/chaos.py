@@ -262,7 +262,7 @@ def start(children: Children, work: Path, settings: Settings) -> Stack:
     primary = children.start("primary", [*mock, str(primary_port)])
     fallback = children.start("fallback", [*mock, str(fallback_port)])
     # The gateway's stderr is its access log (one line per request): a file, never a pipe.
-    gateway_argv = [python, "-m", "gateway", "serve", "--policy", str(policy)]
+    gateway_argv = [python, "-m", "gateway", "serve", "--policy", str(policy), "--workers", "1"]
     gateway = children.start("gateway", [*gateway_argv, "--port", str(gateway_port)])
     for child, port in ((primary, primary_port), (fallback, fallback_port),
                         (gateway, gateway_port)):  # fmt: skip

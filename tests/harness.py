@@ -208,7 +208,9 @@ class Gateways:
             return self._running[key]
         port = free_port()
         path = self.policy_file(policy)
-        proc = Proc(["serve", "--policy", str(path), "--port", str(port), *args], env=env)
+        # one process unless the test asks for more: tests read one process's access log
+        workers = () if "--workers" in args else ("--workers", "1")
+        proc = Proc(["serve", "--policy", str(path), "--port", str(port), *workers, *args], env=env)
         proc.wait_port(port)
         gateway = Gateway(proc, port)
         if shared:

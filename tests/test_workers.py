@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from harness import Gateways, Proc, free_port, mock_provider
+from harness import ROOT, Gateways, Proc, free_port, mock_provider
 from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.workers import cpus_within
 
 SCOPE = f"workers-{os.getpid()}-{time.monotonic_ns() % 10**8}"
 QUESTION = {"messages": [{"role": "user", "content": "hello"}]}
@@ -140,3 +145,72 @@ def test_workers_must_be_at_least_one(gateways: Gateways, tmp_path: Path, worker
                  str(free_port()), "--workers", workers])  # fmt: skip
     assert proc.popen.wait(20) == 1
     assert "--workers must be at least 1" in proc.stderr()
+
+
+@pytest.mark.parametrize(
+    ("allowed", "cpu_max", "cfs_quota", "cfs_period", "expected"),
+    [
+        (8, None, None, None, 8),  # no cgroup files: the affinity
+        (8, "max 100000\n", None, None, 8),  # cgroup v2, no quota
+        (8, "200000 100000\n", None, None, 2),  # docker run --cpus 2
+        (8, "150000 100000\n", None, None, 2),  # 1.5 CPUs: rounded up
+        (8, "50000 100000\n", None, None, 1),
+        (2, "400000 100000\n", None, None, 2),  # a quota above the affinity does not add CPUs
+        (8, None, "-1\n", "100000\n", 8),  # cgroup v1, no quota
+        (8, None, "300000\n", "100000\n", 3),  # cgroup v1 quota
+        (8, "garbage", None, None, 8),
+        (0, None, None, None, 1),  # never fewer than one
+    ],
+)
+def test_default_workers_are_the_cpus_allowed_capped_by_the_cgroup_quota(
+    allowed: int, cpu_max: str | None, cfs_quota: str | None, cfs_period: str | None,
+    expected: int,
+) -> None:  # fmt: skip
+    assert cpus_within(allowed, cpu_max, cfs_quota, cfs_period) == expected
+
+
+def _serve_default(policy: Path, cpus: str) -> tuple[subprocess.Popen[str], str, list[int]]:
+    """`taskset -c <cpus> savepoint serve` without --workers: its banner and its children."""
+    port = free_port()
+    proc = subprocess.Popen(
+        ["taskset", "-c", cpus, sys.executable, "-m", "gateway", "serve", "--policy",
+         str(policy), "--port", str(port)],
+        cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    banner = proc.stdout.readline()
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    assert _fresh(f"http://127.0.0.1:{port}").status_code == 200
+    return proc, banner, [int(c) for c in children]
+
+
+@pytest.mark.skipif(shutil.which("taskset") is None, reason="needs taskset")
+def test_serve_runs_one_worker_per_usable_cpu_by_default(
+    gateways: Gateways, tmp_path: Path
+) -> None:
+    policy = _policy(gateways, tmp_path, SCOPE + "-default")
+    proc, banner, children = _serve_default(policy, "0")
+    try:
+        assert "listening on" in banner and "workers)" not in banner  # one process, no supervisor
+        assert children == []
+    finally:
+        proc.terminate()
+        assert proc.wait(20) == 0
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one CPU: the two-worker default cannot be seen here")
+    both = ",".join(str(cpu) for cpu in sorted(os.sched_getaffinity(0))[:2])
+    proc, banner, children = _serve_default(policy, both)
+    try:
+        assert banner.rstrip().endswith(", 2 workers)")
+        assert len(children) == 2
+    finally:
+        proc.terminate()
+        assert proc.wait(20) == 0
+
+
+def test_several_workers_need_a_fixed_port(gateways: Gateways, tmp_path: Path) -> None:
+    proc = Proc(["serve", "--policy", str(_policy(gateways, tmp_path, SCOPE)), "--port", "0",
+                 "--workers", "2"])  # fmt: skip
+    assert proc.popen.wait(20) == 1
+    assert "--workers needs a fixed --port" in proc.stderr()
