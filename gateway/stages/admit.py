@@ -69,9 +69,11 @@ class Admission:
         self._store = store
         self._tokenizer = tokenizer
         self._events = events
-        self._guard = StoreGuard("limits", events)
+        self._guard = StoreGuard("limits", events, policy.server.max_pending_writes)
         self._warned: set[str] = set()  # budget periods and loop counters already logged
         self._prices = deployment_prices(policy.prices, policy.models.values())
+        # (counted, anything applies) by (client, model): bounded by the policy's names
+        self._applies: dict[tuple[str, str], tuple[bool, bool]] = {}
 
     async def admit(
         self, principal: Principal, spec: ModelSpec, call: Call, run: str | None, trace: Trace
@@ -79,8 +81,13 @@ class Admission:
         """Admit the request (its ticket, or None when nothing applies) or raise the 429."""
         client = self._policy.clients.get(principal.name)
         guard = self._policy.guard
-        counted = needs_tokens(client, spec, guard, self._deployments)
-        if not counted and not _any_limit(client, spec) and not guard.enabled:
+        applies = self._applies.get((principal.name, spec.name))
+        if applies is None:  # the policy is fixed: work it out once per client and model
+            counted = needs_tokens(client, spec, guard, self._deployments)
+            applies = (counted, counted or _any_limit(client, spec) or bool(guard.enabled))
+            self._applies[principal.name, spec.name] = applies
+        counted, limited = applies
+        if not limited:
             return None  # no store call: the guard, by default, only rides along with limits
         reservation = await self._reserve(client, spec, call, counted)
         now = time.time()

@@ -2,9 +2,10 @@
 writes, one reads, so reads never queue behind writes and their checkpoints).
 
 The response cache is one table keyed by (group, key). Expired rows are ignored on read and
-purged a bounded batch at a time on each put, so a put never pays for a large backlog; the
-group's eviction runs in the put's transaction, so a group never shows more than its
-`max_entries` live rows to a reader.
+purged a bounded batch at a time at most once a second; the group's eviction runs in the
+put's transaction, so a group never shows more than its `max_entries` live rows to a reader.
+Puts are grouped with limits operations (below). A lookup of a key the file does not hold
+is answered from an in-memory index of its keys (`sqlite_keys.py`), without a query.
 
 The run journal is three tables: `journal` (answers by run and step), `journal_steps` (metas,
 ordered by an AUTOINCREMENT sequence) and `journal_counters`. Every row carries its run's
@@ -20,9 +21,11 @@ Limits are three tables, times in epoch ms: `limit_rates` (a bucket's TAT), `lim
 or a settlement reads the rows of its keys (a summary of a concurrency key's leases: how
 many run, the earliest expiry, the request's own), decides with `gateway.decide.limits` and
 writes what changed, inside a write transaction (BEGIN IMMEDIATE), which makes it atomic across
-connections and processes sharing the file. The operations that arrive while one
-transaction runs share the next (group commit): one after the other, each seeing what the
-one before it wrote, so a burst pays for one commit and one hop to the writer thread. Idle
+connections and processes sharing the file. The writes on every request's path (limits
+operations and cache puts) that arrive while one transaction runs share the next (group
+commit): one after the other, each in a savepoint of its own (its failure is its own) and
+seeing what the one before it wrote, so a burst pays for one commit and one hop to the
+writer thread. Idle
 rows (a full bucket, a lapsed lease, an ended period) are ignored by the decision and purged
 a bounded batch per table at most once a second.
 """
@@ -36,7 +39,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar, cast
@@ -46,6 +49,7 @@ from gateway.decide.ledger import DayKey
 from gateway.decide.limits import Quota, Rate, Slots, Tally, Verdict
 from gateway.stores import sqlite_usage
 from gateway.stores.base import IdemRecord, StoreUnavailable
+from gateway.stores.sqlite_keys import CacheKeys
 
 T = TypeVar("T")
 
@@ -112,10 +116,11 @@ class SqliteStore:
         # Writes under way, by what they write: a read of the same entry waits for them, so
         # that a caller reads its own writes, as it would with one thread doing both.
         self._writing: dict[str, asyncio.Event] = {}
-        # Limits operations waiting for the next group commit, and the task committing them.
-        self._limit_ops: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
-        self._limit_commits: asyncio.Task[None] | None = None
-        self._limits_purged = 0.0  # when idle limits rows were last purged (epoch s)
+        # Writes waiting for the next group commit, and the task committing them.
+        self._group: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self._group_commits: asyncio.Task[None] | None = None
+        self._purged = 0.0  # when idle limits and expired cache rows were last purged (epoch s)
+        self._cache_keys = CacheKeys(self._load_cache_keys)  # misses answered without a hop
 
     def describe(self) -> str:
         return f"sqlite {self._path}"
@@ -186,6 +191,9 @@ class SqliteStore:
         return found
 
     async def cache_get(self, key: str, group: str) -> bytes | None:
+        if not self._cache_keys.may_hold(group, key):
+            return None
+
         def read() -> bytes | None:
             sql = "SELECT value FROM cache WHERE grp = ? AND key = ? AND expires > ?"
             row = self._connection().execute(sql, (group, key, time.time())).fetchone()
@@ -196,41 +204,39 @@ class SqliteStore:
     async def cache_put(
         self, key: str, value: bytes, ttl: float, group: str, max_entries: int
     ) -> None:
-        def write() -> None:
-            db, now = self._connection(), time.time()
-            with db:  # commits, or rolls back on an exception
-                db.execute("BEGIN IMMEDIATE")
-                expired = db.execute(
-                    "SELECT rowid, grp FROM cache WHERE expires <= ? LIMIT ?", (now, _PURGE_BATCH)
-                ).fetchall()
-                if expired:
-                    marks = ",".join("?" * len(expired))
-                    db.execute(f"DELETE FROM cache WHERE rowid IN ({marks})",
-                               [rowid for rowid, _ in expired])  # fmt: skip
-                    for grp, gone in Counter(grp for _, grp in expired).items():
-                        _count(db, grp, -gone)
-                new = (
-                    db.execute(
-                        "SELECT 1 FROM cache WHERE grp = ? AND key = ?", (group, key)
-                    ).fetchone()
-                    is None
-                )
-                db.execute(
-                    "INSERT INTO cache VALUES (?, ?, ?, ?, ?) ON CONFLICT (grp, key) DO UPDATE "
-                    "SET value = excluded.value, expires = excluded.expires, "
-                    "created = excluded.created",
-                    (group, key, value, now + ttl, now),
-                )
-                rows = _count(db, group, 1 if new else 0)
-                if rows > max_entries:  # the oldest rows beyond the limit (expired ones first)
-                    evicted = db.execute(
-                        "DELETE FROM cache WHERE rowid IN (SELECT rowid FROM cache "
-                        "WHERE grp = ? ORDER BY created ASC LIMIT ?)",
-                        (group, rows - max(0, max_entries)),
-                    ).rowcount
-                    _count(db, group, -evicted)
+        def put(db: sqlite3.Connection) -> None:
+            now = time.time()
+            new = db.execute(
+                "SELECT 1 FROM cache WHERE grp = ? AND key = ?", (group, key)
+            ).fetchone() is None  # fmt: skip
+            db.execute(
+                "INSERT INTO cache VALUES (?, ?, ?, ?, ?) ON CONFLICT (grp, key) DO UPDATE "
+                "SET value = excluded.value, expires = excluded.expires, "
+                "created = excluded.created",
+                (group, key, value, now + ttl, now),
+            )
+            rows = _count(db, group, 1 if new else 0)
+            if rows > max_entries:  # the oldest rows beyond the limit
+                evicted = db.execute(
+                    "DELETE FROM cache WHERE rowid IN (SELECT rowid FROM cache "
+                    "WHERE grp = ? ORDER BY created ASC LIMIT ?)",
+                    (group, rows - max(0, max_entries)),
+                ).rowcount
+                _count(db, group, -evicted)
 
-        await self._write(f"cache:{group}:{key}", write)
+        self._cache_keys.put(group, key)
+        await self._scoped(f"cache:{group}:{key}", self._grouped(put))
+
+    async def _load_cache_keys(self, after: int | None) -> tuple[set[tuple[str, str]], int]:
+        def read() -> tuple[set[tuple[str, str]], int]:
+            if after is None:
+                sql, arg = "SELECT rowid, grp, key FROM cache WHERE expires > ?", time.time()
+            else:
+                sql, arg = "SELECT rowid, grp, key FROM cache WHERE rowid > ?", after
+            rows = self._connection().execute(sql, (arg,)).fetchall()
+            return {(grp, key) for _, grp, key in rows}, max((r[0] for r in rows), default=0)
+
+        return await self._run(read, read=True)
 
     async def cache_delete(self, key: str, group: str) -> None:
         def delete() -> None:
@@ -426,7 +432,7 @@ class SqliteStore:
                 _write_limits(db, state, decision.state)
             return decision.verdict
 
-        return await self._limits_op(admit)
+        return await self._grouped(admit)
 
     async def limits_settle(
         self,
@@ -451,49 +457,57 @@ class SqliteStore:
                 sql = f"DELETE FROM limit_slots WHERE request = ? AND key IN ({marks})"
                 db.execute(sql, (request_id, *keys))
 
-        await self._limits_op(settle)
+        await self._grouped(settle)
 
-    async def _limits_op(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        """Run a limits operation in the next group commit: the operations that arrive while
-        one transaction runs share the next one (each still reads what the one before it
-        wrote), so a burst costs one executor hop and one commit, not one per request."""
+    async def _grouped(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a write in the next group commit: the writes (limits operations, cache puts)
+        that arrive while one transaction runs share the next one, each in a savepoint of its
+        own and in arrival order (each reads what the one before it wrote), so a burst costs
+        one executor hop and one commit, not one per request, and one write's failure is its
+        own."""
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._limit_ops.append((op, done))
-        if self._limit_commits is None or self._limit_commits.done():
-            self._limit_commits = asyncio.get_running_loop().create_task(self._commit_limits())
+        self._group.append((op, done))
+        if self._group_commits is None or self._group_commits.done():
+            self._group_commits = asyncio.get_running_loop().create_task(self._commit_group())
         return cast(T, await done)
 
-    async def _commit_limits(self) -> None:
-        while self._limit_ops:
-            batch, self._limit_ops = self._limit_ops, []
+    async def _commit_group(self) -> None:
+        while self._group:
+            batch, self._group = self._group, []
             try:
-                results = await self._run(partial(self._apply_limits, [op for op, _ in batch]))
-            except StoreUnavailable as e:
-                for _, done in batch:
-                    if not done.done():
-                        done.set_exception(e)
-                continue
+                results = await self._run(partial(self._apply_group, [op for op, _ in batch]))
+            except Exception as e:  # the whole transaction: every write in it failed
+                results = [e] * len(batch)
             for (_, done), result in zip(batch, results, strict=True):
-                if not done.done():  # its caller may have been cancelled meanwhile
+                if done.done():  # its caller may have been cancelled meanwhile
+                    continue
+                if isinstance(result, Exception):
+                    done.set_exception(result)
+                else:
                     done.set_result(result)
 
-    def _apply_limits(self, ops: list[Callable[[sqlite3.Connection], Any]]) -> list[Any]:
-        """One write transaction for a batch of limits operations, in their order. Each reads
-        the clock once the write lock is held: a transaction of another connection that went
-        first must never be in its future. Idle rows are purged at most once a second."""
+    def _apply_group(self, ops: list[Callable[[sqlite3.Connection], Any]]) -> list[Any]:
+        """One write transaction for a batch of writes, in their order. Each reads the clock
+        once the write lock is held: a transaction of another connection that went first must
+        never be in its future. Idle limits rows and expired cache rows are purged at most
+        once a second."""
         db = self._connection()
+        results: list[Any] = []
         with db:  # commits, or rolls back on an exception
             db.execute("BEGIN IMMEDIATE")
             now = time.time()
-            if now - self._limits_purged >= 1.0:
-                self._limits_purged = now
-                for table, column in _LIMITS_IDLE:
-                    db.execute(
-                        f"DELETE FROM {table} WHERE rowid IN "
-                        f"(SELECT rowid FROM {table} WHERE {column} <= ? LIMIT ?)",
-                        (now * 1000, _PURGE_BATCH),
-                    )
-            return [op(db) for op in ops]
+            if now - self._purged >= 1.0:
+                self._purged = now
+                _purge(db, now)
+            for op in ops:
+                db.execute("SAVEPOINT op")
+                try:
+                    results.append(op(db))
+                except sqlite3.Error as e:
+                    db.execute("ROLLBACK TO op")
+                    results.append(StoreUnavailable(f"SQLite store {self._path}: {e}"))
+                db.execute("RELEASE op")
+        return results
 
     async def usage_append(
         self,
@@ -560,6 +574,7 @@ class SqliteStore:
             self._here.db = None
 
     async def close(self) -> None:
+        await self._cache_keys.close()
         for read in (True, False):
             with contextlib.suppress(StoreUnavailable):
                 await self._run(self._close_here, read=read)
@@ -567,9 +582,13 @@ class SqliteStore:
         self._writer.shutdown(wait=False)
 
     async def _write(self, scope: str, fn: Callable[[], T]) -> T:
+        return await self._scoped(scope, self._run(fn))
+
+    async def _scoped(self, scope: str, write: Awaitable[T]) -> T:
+        """Await a write that a read of the same `scope` waits for."""
         done = self._writing[scope] = asyncio.Event()
         try:
-            return await self._run(fn)
+            return await write
         finally:
             done.set()
             if self._writing.get(scope) is done:
@@ -587,6 +606,23 @@ class SqliteStore:
             return await loop.run_in_executor(self._reader if read else self._writer, fn)
         except (sqlite3.Error, OSError) as e:
             raise StoreUnavailable(f"SQLite store {self._path}: {e}") from None
+
+
+def _purge(db: sqlite3.Connection, now: float) -> None:
+    for table, column in _LIMITS_IDLE:
+        db.execute(
+            f"DELETE FROM {table} WHERE rowid IN "
+            f"(SELECT rowid FROM {table} WHERE {column} <= ? LIMIT ?)",
+            (now * 1000, _PURGE_BATCH),
+        )
+    expired = db.execute(
+        "SELECT rowid, grp FROM cache WHERE expires <= ? LIMIT ?", (now, _PURGE_BATCH)
+    ).fetchall()
+    if expired:
+        marks = ",".join("?" * len(expired))
+        db.execute(f"DELETE FROM cache WHERE rowid IN ({marks})", [rowid for rowid, _ in expired])
+        for grp, gone in Counter(grp for _, grp in expired).items():
+            _count(db, grp, -gone)
 
 
 def _record(row: tuple[Any, ...], now: float) -> IdemRecord:

@@ -19,6 +19,7 @@ import redis
 import redis.asyncio
 from harness import Gateways, free_port
 
+from gateway.decide.limits import Rate, Verdict
 from gateway.stores.base import Store, StoreUnavailable
 from gateway.stores.redis import RedisStore
 from gateway.stores.sqlite import SqliteStore
@@ -293,19 +294,84 @@ def test_cache_groups_do_not_see_each_others_keys(store: Store) -> None:
     assert with_open(store, body) == [None, b"in one", b"in two", b"in one", None]
 
 
-def test_sqlite_cache_purges_expired_rows_on_put(tmp_path: Path) -> None:
+def test_sqlite_cache_purges_expired_rows_with_a_write_a_second_later(tmp_path: Path) -> None:
     path = tmp_path / "sp.db"
     group = unique_group()
 
     async def body(s: Store) -> None:
         for i in range(20):
             await s.cache_put(cache_key(f"old {i}"), b"x", 0.05, group, 100)
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(1.05)  # purges run at most once a second
         await s.cache_put(cache_key("new"), b"y", 60, "another group", 100)
 
     with_open(SqliteStore(str(path)), body)
     rows = sqlite3.connect(path).execute("SELECT grp, value FROM cache").fetchall()
     assert rows == [("another group", b"y")]
+
+
+def test_sqlite_grouped_write_that_fails_fails_alone(tmp_path: Path) -> None:
+    """Writes that share a group commit each run in a savepoint: a cache put that fails
+    (here: its table is gone) does not take the admission committed with it down."""
+    rate = Rate(f"c:{unique_group()}:rpm", 60, 1)
+
+    async def body(s: Store) -> tuple[BaseException | object, ...]:
+        await s.cache_put(cache_key("first"), b"x", 60, "g", 100)  # opens the file and schema
+        sqlite3.connect(tmp_path / "sp.db").execute("DROP TABLE cache_counts")
+        return tuple(await asyncio.gather(
+            s.cache_put(cache_key("doomed"), b"x", 60, "g", 100),
+            s.limits_admit([rate], [], [], "req-1", 30),
+            return_exceptions=True,
+        ))  # fmt: skip
+
+    put, verdict = with_open(SqliteStore(str(tmp_path / "sp.db")), body)
+    assert isinstance(put, StoreUnavailable) and "cache_counts" in str(put)
+    assert isinstance(verdict, Verdict) and verdict.allowed
+
+
+def test_sqlite_answers_a_miss_from_its_key_index_without_a_query(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "sp.db"))
+    reads: list[str] = []
+
+    async def body(s: Store) -> tuple[bytes | None, bytes | None]:
+        await s.cache_put(cache_key("kept"), b"answer", 60, "g", 100)
+        await s.cache_get(cache_key("warm-up"), "g")  # starts loading the index
+        await asyncio.sleep(0.2)
+        run = store._run
+
+        async def counted(fn: Callable[[], T], read: bool = False) -> T:
+            reads.append(getattr(fn, "__qualname__", "?"))
+            return await run(fn, read)
+
+        store._run = counted  # type: ignore[method-assign]
+        missed = await s.cache_get(cache_key("never stored"), "g")
+        assert reads == []  # answered from memory
+        return missed, await s.cache_get(cache_key("kept"), "g")
+
+    assert with_open(store, body) == (None, b"answer")
+    assert [r for r in reads if "cache_get" in r] == ["SqliteStore.cache_get.<locals>.read"]
+
+
+def test_sqlite_finds_a_key_another_process_put_within_a_second(tmp_path: Path) -> None:
+    """Workers and replicas sharing the file: one's put is a hit for the other once its
+    index refreshes (every second); until then, a miss."""
+    path = str(tmp_path / "sp.db")
+
+    async def body(s: Store) -> tuple[bytes | None, bytes | None, bytes | None]:
+        other = SqliteStore(path)
+        await other.open()
+        try:
+            await s.cache_get(cache_key("warm-up"), "g")
+            await asyncio.sleep(0.2)  # the index is loaded
+            await other.cache_put(cache_key("theirs"), b"answer", 60, "g", 100)
+            at_once = await s.cache_get(cache_key("theirs"), "g")
+            await s.cache_put(cache_key("mine"), b"own", 60, "g", 100)
+            own = await s.cache_get(cache_key("mine"), "g")
+            await asyncio.sleep(1.3)
+            return at_once, own, await s.cache_get(cache_key("theirs"), "g")
+        finally:
+            await other.close()
+
+    assert with_open(SqliteStore(path), body) == (None, b"own", b"answer")
 
 
 def test_redis_cache_index_stays_bounded_and_expires() -> None:

@@ -1,0 +1,164 @@
+"""Where one gateway worker's time goes per request: CPU per thread, and the event loop's
+profile by function.
+
+    python loadtests/profile_path.py [--policy production] [--seconds 10] [--profile]
+
+    CPU 1: mock, wrk (-t1 -c32, every body unique: cache misses)
+    CPU 0: one gateway worker (SQLite store in a temporary directory)
+
+Policies: `default` (one model, nothing else), `production` (auth with one client, the
+response cache on the model, the usage ledger, metrics, the access log, breakers) and
+`limits` (production plus the client's rpm, tpm and a USD budget, with the default loop
+guard riding along). Prints requests/s and the CPU µs per request of each thread of the
+gateway (from /proc/<pid>/task/*/stat, before and after the load); with `--profile`, also
+runs `py-spy record` on the event-loop thread for as long again and prints the functions
+with the largest inclusive share of its samples. docs/performance.md quotes this tool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import wrk
+from processes import Children, free_port, pinned
+
+HERE = Path(__file__).resolve().parent
+_TICK = float(os.sysconf("SC_CLK_TCK"))
+_BASE = """\
+version: 1
+store: {{path: {store}}}
+providers:
+  up: {{kind: openai, base_url: "http://127.0.0.1:{mock}/v1", api_key: sk-up}}
+"""
+POLICIES = {
+    "default": "models:\n  bench: {targets: [up/mock-gpt]}\n",
+    "production": """\
+clients:
+  bench: {key_sha256: c00397de4384b5bbaf14c02fe1ec7020d28d1eeab6a722c576c84b6678c41c29}
+models:
+  bench: {targets: [up/mock-gpt], cache: {enabled: true}}
+""",
+    "limits": """\
+clients:
+  bench:
+    key_sha256: c00397de4384b5bbaf14c02fe1ec7020d28d1eeab6a722c576c84b6678c41c29
+    limits: {rpm: 10000000, tpm: 1000000000}
+    budget: {usd: 1000000, period: day}
+models:
+  bench: {targets: [up/mock-gpt], cache: {enabled: true}}
+""",
+}
+_UNIQUE = "@@N@@"
+_BODY = {
+    "model": "bench",
+    "messages": [{"role": "user", "content": f"Say hello to request {_UNIQUE}."}],
+}
+
+
+def threads(pid: int) -> dict[str, float]:
+    """CPU seconds per thread: the event loop (the main thread) and the others by id (Python
+    3.11 does not name its threads for the kernel)."""
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rpartition(")")[2].split()
+        except FileNotFoundError:
+            continue
+        name = "event loop" if task.name == str(pid) else f"thread {task.name}"
+        out[name] = (int(fields[11]) + int(fields[12])) / _TICK
+    return out
+
+
+def inclusive_shares(collapsed: str, top: int, pid: int) -> list[tuple[str, float]]:
+    """py-spy's collapsed stacks (`--threads`) -> the functions with the largest share of the
+    event loop's samples that have them anywhere on the stack."""
+    total = 0
+    counts: collections.Counter[str] = collections.Counter()
+    for line in collapsed.splitlines():
+        stack, _, n = line.rpartition(" ")
+        root, _, rest = stack.partition(";")
+        if not n.isdigit() or (f"tid: {pid})" not in root and f"({pid})" not in root):
+            continue
+        total += int(n)
+        frames = set()
+        for frame in rest.split(";"):
+            function, _, where = frame.partition(" (")
+            frames.add(f"{function} ({where.partition(':')[0]})")
+        for frame in frames:
+            counts[frame] += int(n)
+    return [(f, 100 * c / total) for f, c in counts.most_common(top)] if total else []
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0] if __doc__ else "")
+    parser.add_argument("--policy", choices=sorted(POLICIES), default="production")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--profile", action="store_true", help="py-spy the event loop too")
+    parser.add_argument("--top", type=int, default=40)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="savepoint-profile-") as work:
+        children = Children(Path(work))
+        try:
+            return run(children, Path(work), args)
+        finally:
+            children.stop_all()
+
+
+def run(children: Children, work: Path, args: argparse.Namespace) -> int:
+    mock_port, port = free_port(), free_port()
+    mock = children.start("mock", pinned(1, [sys.executable, "-m", "gateway", "mock",
+                                             "--port", str(mock_port)]))  # fmt: skip
+    policy = work / "policy.yaml"
+    policy.write_text(_BASE.format(store=work / "sp.db", mock=mock_port) + POLICIES[args.policy])
+    argv = [sys.executable, "-m", "gateway", "serve", "--policy", str(policy)]
+    gateway = children.start("gateway", pinned(0, [*argv, "--port", str(port), "--workers", "1"]))
+    mock.wait_listening(mock_port)
+    gateway.wait_listening(port)
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    body = json.dumps(_BODY)
+    env = {"SAVEPOINT_BENCH_BODY": body, "SAVEPOINT_BENCH_UNIQUE": _UNIQUE}
+
+    def load(seconds: float) -> wrk.WrkReport:
+        wrk_argv = ["wrk", "-t1", f"-c{args.connections}", f"-d{max(1, round(seconds))}s",
+                    "-s", str(HERE / "replay.lua"), url]  # fmt: skip
+        return wrk.parse(children.run("wrk", pinned(1, wrk_argv), seconds + 30, env=env))
+
+    load(2)  # warm-up: connections, imports, the tokenizer
+    before = threads(gateway.pid)
+    report = load(args.seconds)
+    after = threads(gateway.pid)
+    if report.failed:
+        print(f"FAILED: {report}\n{gateway.tail()}", file=sys.stderr)
+        return 1
+    print(f"policy {args.policy}: {report.rps:,.0f} req/s, {report.requests:,} requests")
+    print("| thread | CPU µs per request |\n|---|---:|")
+    for name in sorted(after, key=lambda n: after[n] - before.get(n, 0.0), reverse=True):
+        used = after[name] - before.get(name, 0.0)
+        if used > 0:
+            print(f"| {name} | {1e6 * used / report.requests:,.0f} |")
+    if args.profile:
+        out = work / "profile.txt"
+        spy = ["py-spy", "record", "-r", "200", "-d", str(round(args.seconds))]
+        spy += ["--format", "raw", "--threads", "-o", str(out), "-p", str(gateway.pid)]
+        spy += ["--nonblocking"]
+        spying = subprocess.Popen(pinned(1, spy), stdout=subprocess.DEVNULL)
+        time.sleep(0.5)
+        load(args.seconds)
+        spying.wait(timeout=args.seconds + 30)
+        print("\n| function (inclusive) | share of samples |\n|---|---:|")
+        for frame, share in inclusive_shares(out.read_text(), args.top, gateway.pid):
+            print(f"| {frame} | {share:.1f}% |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
