@@ -1,7 +1,9 @@
 """The access log: one JSON line per request, written off the event loop.
 
 `write` only formats the line and puts it on a queue; a thread writes the queue to stderr (or
-a file) in batches, so a slow terminal or pipe never stalls a request. No secrets are ever in
+a file) in batches, so a slow terminal or pipe never stalls a request. The queue holds at
+most `server.max_log_backlog` lines: past that, lines are dropped, and the next line that
+fits is preceded by an `access_log_dropped` line with their count. No secrets are ever in
 a line: clients appear by name, providers by name, keys never.
 """
 
@@ -15,14 +17,22 @@ from typing import Any, TextIO
 
 import orjson
 
+from gateway.config.schema import ServerSpec
 from gateway.model import Trace
 
 
 class AccessLog:
-    def __init__(self, stream: TextIO | None = None, worker: int | None = None):
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        worker: int | None = None,
+        max_backlog: int = ServerSpec().max_log_backlog,
+    ):
         self._stream = stream or sys.stderr
         self._worker = worker  # this process's index among the workers of one gateway
         self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._max_backlog = max_backlog
+        self._dropped = 0
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -39,12 +49,20 @@ class AccessLog:
             self._thread = None
 
     def write(self, trace: Trace, now: float) -> None:
-        self._queue.put(line(trace, now, self._worker))
+        self._put(line(trace, now, self._worker))
 
     def event(self, record: dict[str, Any]) -> None:
         """A line about the gateway rather than a request (a breaker opening, say)."""
-        self._queue.put(orjson.dumps({"ts": round(time.time(), 3), **record},
-                                     option=orjson.OPT_APPEND_NEWLINE))  # fmt: skip
+        self._put(_event(record))
+
+    def _put(self, item: bytes) -> None:
+        if self._queue.qsize() >= self._max_backlog:  # stderr is not keeping up
+            self._dropped += 1
+            return
+        if self._dropped:
+            self._queue.put(_event({"event": "access_log_dropped", "lines": self._dropped}))
+            self._dropped = 0
+        self._queue.put(item)
 
     def _drain(self) -> None:
         while True:
@@ -66,6 +84,10 @@ class AccessLog:
                 pass  # stderr is gone (closed pipe): drop the lines, keep draining
             if item is None:
                 return
+
+
+def _event(record: dict[str, Any]) -> bytes:
+    return orjson.dumps({"ts": round(time.time(), 3), **record}, option=orjson.OPT_APPEND_NEWLINE)
 
 
 _ATOMIC = 4096  # PIPE_BUF: a write to a pipe up to this size is never interleaved with another

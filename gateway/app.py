@@ -67,9 +67,10 @@ def build_app(
     `peers`: this process is one of the workers of `serve --workers N`."""
     app = web.Application(client_max_size=policy.server.max_body_bytes)
     providers = {name: OpenAIProvider(spec) for name, spec in policy.providers.items()}
-    drain = Drain()
+    drain = Drain(policy.server.max_in_flight)
     store = build_store(policy)
-    access_log = AccessLog(log_stream, worker=peers.index if peers is not None else None)
+    worker = peers.index if peers is not None else None
+    access_log = AccessLog(log_stream, worker, policy.server.max_log_backlog)
     metrics = Metrics(policy)
     ledger = UsageLedger(policy, store, access_log.event)
     records = Records(access_log, metrics, ledger)
@@ -87,13 +88,14 @@ def build_app(
     ejections = EjectionSync(store, targets, access_log.event)
     health = Health(policy.breakers, access_log.event, on_open=ejections.opened)
     app[HEALTH] = health
-    cache = ResponseCache(store, access_log.event)
-    runs = RunJournal(store, access_log.event, policy.runs.retention)
+    pending = policy.server.max_pending_writes
+    cache = ResponseCache(store, access_log.event, pending)
+    runs = RunJournal(store, access_log.event, policy.runs.retention, pending)
     app[RUNS] = runs
-    idempotency = Idempotency(store, access_log.event, policy.idempotency)
+    idempotency = Idempotency(store, access_log.event, policy.idempotency, pending)
     deployments = deployment_specs(policy.providers, policy.models.values())
     admission = Admission(policy, store, tokenizer, access_log.event, deployments)
-    quota = DeploymentQuota(deployments, store, access_log.event) if deployments else None
+    quota = DeploymentQuota(deployments, store, access_log.event, pending) if deployments else None
     dispatcher = Dispatcher(providers, health, drain, quota)
     pipeline = Pipeline(
         policy, admission, idempotency, runs, cache, dispatcher, drain, access_log.event,

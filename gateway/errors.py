@@ -25,6 +25,7 @@
     │   ├── UpstreamTimeout           504  connect, first byte, idle gap or total deadline
     │   └── NoHealthyTarget           503  every deployment of the route is benched
     ├── GatewayUnavailable            503  draining for shutdown
+    │   └── Overloaded                503  server.max_in_flight requests already in flight
     └── StoreUnavailableError         503  the admin API needs the store, which is down
 
 Statuses, OpenAI error types and default codes live in `_TABLE` and nowhere else. Bodies
@@ -153,6 +154,10 @@ class GatewayUnavailable(SavepointError):
     pass
 
 
+class Overloaded(GatewayUnavailable):
+    pass
+
+
 class StoreUnavailableError(SavepointError):
     pass
 
@@ -188,6 +193,7 @@ _TABLE: dict[type[SavepointError], HttpShape] = {
     UpstreamTimeout: HttpShape(504, "server_error", "upstream_timeout"),
     NoHealthyTarget: HttpShape(503, "server_error", "no_healthy_target"),
     GatewayUnavailable: HttpShape(503, "server_error", "shutting_down"),
+    Overloaded: HttpShape(503, "server_error", "overloaded"),
     StoreUnavailableError: HttpShape(503, "server_error", "store_unavailable"),
 }
 

@@ -9,7 +9,7 @@ under the same id, so a write that did land is not counted twice).
 What can be lost: a gateway killed outright (SIGKILL, OOM, power) loses the entries queued
 since the last write, at most `usage.flush` seconds of traffic, plus the requests it was
 serving. A graceful stop writes everything. A store outage keeps entries in memory, up to
-`_MAX_BATCHES` batches; past that the oldest are dropped and counted in a log line.
+`usage.max_queued` (in batches); past that the oldest are dropped and counted in a log line.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from gateway.stores.base import Store, StoreUnavailable
 
 _GENERATION = frozenset("/v1" + endpoint.path for endpoint in Endpoint)
 _MAX_BATCH = 5000  # entries per store call
-_MAX_BATCHES = 40  # batches held while the store is unavailable (200,000 entries)
 
 
 class UsageLedger:
@@ -49,6 +48,8 @@ class UsageLedger:
             for name, m in policy.models.items()
         }
         self._batches: deque[_Batch] = deque([_Batch()])  # the last one is being filled
+        self._batch_size = min(_MAX_BATCH, self._spec.max_queued)
+        self._max_batches = -(-self._spec.max_queued // self._batch_size)  # held at most
         self._failing = False
         self._dropped = 0
         self._task: asyncio.Task[None] | None = None
@@ -61,9 +62,9 @@ class UsageLedger:
         e = ledger.entry(trace, ended, price, saved_price, time.time())
         batch = self._batches[-1]
         batch.add(e)
-        if batch.size >= _MAX_BATCH:
+        if batch.size >= self._batch_size:
             self._batches.append(_Batch())
-            if len(self._batches) > _MAX_BATCHES:  # the store has been away a long time
+            if len(self._batches) > self._max_batches:  # the store has been away a long time
                 self._dropped += self._batches.popleft().size
 
     def start(self) -> None:

@@ -5,6 +5,9 @@ requests get `server.drain_timeout` to finish. When it passes, the requests stil
 ended with an error the client can read: a stream that has started gets an error event
 (its upstream read is aborted), any other request is cancelled and the pipeline, seeing
 `expired`, answers 503. Nothing is cut without an error.
+
+The same count of in-flight requests bounds how many one worker takes on at once
+(`server.max_in_flight`): past it, a 503 `overloaded` with `retry-after`.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import asyncio
 import contextlib
 from typing import Any
 
-from gateway.errors import GatewayUnavailable
+from gateway.config.schema import ServerSpec
+from gateway.errors import GatewayUnavailable, Overloaded
 from gateway.providers.base import EventStream
 
 SHUTDOWN = "the gateway is shutting down and its drain deadline passed; retry the request"
@@ -26,7 +30,8 @@ class Drain:
     the hot path costs one dict insert and one delete; the idle event only matters once
     draining has begun."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_in_flight: int = ServerSpec().max_in_flight) -> None:
+        self._max_in_flight = max_in_flight
         self.draining = False
         self.expired = False
         # in-flight request task -> its upstream stream once it has committed one
@@ -34,6 +39,13 @@ class Drain:
         self._idle = asyncio.Event()
 
     def enter(self) -> asyncio.Task[Any] | None:
+        """Count a request in (its token), or refuse it past `server.max_in_flight`."""
+        if len(self._tasks) >= self._max_in_flight:
+            raise Overloaded(
+                f"this gateway worker is already serving {len(self._tasks)} requests "
+                "(server.max_in_flight); retry shortly",
+                headers={"retry-after": "1", "x-should-retry": "true"},
+            )
         task = asyncio.current_task()
         if task is not None:
             self._tasks[task] = None

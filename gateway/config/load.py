@@ -130,11 +130,16 @@ def _policy(ctx: fields.Problems, data: Any, source: str) -> Policy | None:
 
 def _server(ctx: fields.Problems, value: Any) -> ServerSpec:
     path: Path = ("server",)
-    m = fields.mapping(ctx, value, path, ("max_body_bytes", "drain_timeout"))
+    m = fields.mapping(ctx, value, path, tuple(f.name for f in dataclass_fields(ServerSpec)))
     d = ServerSpec()
     return ServerSpec(
         max_body_bytes=fields.size(ctx, m, "max_body_bytes", path, d.max_body_bytes),
         drain_timeout=fields.seconds(ctx, m, "drain_timeout", path, d.drain_timeout),
+        max_in_flight=fields.integer(ctx, m, "max_in_flight", path, d.max_in_flight, 1),
+        max_pending_writes=fields.integer(
+            ctx, m, "max_pending_writes", path, d.max_pending_writes, 1
+        ),
+        max_log_backlog=fields.integer(ctx, m, "max_log_backlog", path, d.max_log_backlog, 1),
     )
 
 
@@ -332,24 +337,26 @@ def _runs(ctx: fields.Problems, value: Any) -> RunsSpec:
 
 def _idempotency(ctx: fields.Problems, value: Any) -> IdempotencySpec:
     path: Path = ("idempotency",)
-    m = fields.mapping(ctx, value, path, ("retention", "lease", "wait"))
+    m = fields.mapping(ctx, value, path, ("retention", "lease", "wait", "memory"))
     d = IdempotencySpec()
     return IdempotencySpec(
         retention=fields.seconds(ctx, m, "retention", path, d.retention),
         lease=fields.seconds(ctx, m, "lease", path, d.lease),
         wait=fields.seconds(ctx, m, "wait", path, d.wait),
+        memory=fields.size(ctx, m, "memory", path, d.memory),
     )
 
 
 def _usage(ctx: fields.Problems, value: Any) -> UsageSpec:
     path: Path = ("usage",)
-    m = fields.mapping(ctx, value, path, ("enabled", "flush", "retention", "daily_retention"))
+    m = fields.mapping(ctx, value, path, tuple(f.name for f in dataclass_fields(UsageSpec)))
     d = UsageSpec()
     return UsageSpec(
         enabled=fields.boolean(ctx, m, "enabled", path, d.enabled),
         flush=fields.seconds(ctx, m, "flush", path, d.flush),
         retention=fields.seconds(ctx, m, "retention", path, d.retention),
         daily_retention=fields.seconds(ctx, m, "daily_retention", path, d.daily_retention),
+        max_queued=fields.integer(ctx, m, "max_queued", path, d.max_queued, 1),
     )
 
 

@@ -141,6 +141,7 @@ class IdempotencySpec:
     retention: float = 24 * 3600.0
     lease: float = 30.0
     wait: float = 120.0
+    memory: int = 32 * 1024 * 1024  # bytes of recently finished answers kept per worker
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +154,7 @@ class UsageSpec:
     flush: float = 0.5
     retention: float = 90 * 86400.0
     daily_retention: float = 400 * 86400.0
+    max_queued: int = 200_000  # entries held per worker while the store is away
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,8 +257,15 @@ class ClientSpec:
 
 @dataclass(frozen=True, slots=True)
 class ServerSpec:
+    """What one worker holds at most: requests in flight (past it, a 503 `overloaded`),
+    store writes waiting to run after their answers, per feature (past it, dropped and
+    logged), and access-log lines waiting for stderr (past it, dropped and counted)."""
+
     max_body_bytes: int = 32 * 1024 * 1024
     drain_timeout: float = 30.0
+    max_in_flight: int = 10_000
+    max_pending_writes: int = 10_000
+    max_log_backlog: int = 100_000
 
 
 @dataclass(frozen=True, slots=True)

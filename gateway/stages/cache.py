@@ -23,7 +23,7 @@ from gateway.decide.usage import usage_from_body
 from gateway.downstream import Downstream
 from gateway.model import Call, Principal, Trace
 from gateway.stages.capture import Capture
-from gateway.stages.guard import StoreGuard
+from gateway.stages.guard import MAX_PENDING, StoreGuard
 from gateway.stages.relay import JSON, SSE_HEADERS
 from gateway.stores.base import Store
 from gateway.transcode import disassemble
@@ -40,9 +40,9 @@ class CachePlan:
 
 
 class ResponseCache:
-    def __init__(self, store: Store, events: EventSink):
+    def __init__(self, store: Store, events: EventSink, max_pending: int = MAX_PENDING):
         self._store = store
-        self._guard = StoreGuard("cache", events)
+        self._guard = StoreGuard("cache", events, max_pending)
 
     def plan(
         self, spec: ModelSpec, principal: Principal, call: Call, cache_control: str | None

@@ -51,13 +51,13 @@ from gateway.errors import (
     error_object,
 )
 from gateway.model import Call, Endpoint, Principal, Trace
-from gateway.stages.guard import StoreGuard
+from gateway.stages.guard import MAX_PENDING, StoreGuard
 from gateway.stages.lead import LOST, Lead, Recent, View, failure
 from gateway.stages.relay import JSON, SSE_HEADERS
 from gateway.stores.base import IdemRecord, Store
 
 REPLAYED = "idempotent-replayed"
-_RECENT_TTL, _RECENT_BYTES = 30.0, 32 * 1024 * 1024  # finished records kept in memory
+_RECENT_TTL = 30.0  # finished records kept in memory, up to `idempotency.memory` bytes
 _RETRY_SOON = {"retry-after": "1", "retry-after-ms": "1000", "x-should-retry": "true"}
 _POLL_FIRST, _POLL_MAX = 0.005, 0.1  # a remote follower's polling, backing off
 
@@ -138,13 +138,19 @@ _Claimed = tuple[bool, IdemRecord | None]
 
 
 class Idempotency:
-    def __init__(self, store: Store, events: EventSink, spec: IdempotencySpec):
+    def __init__(
+        self,
+        store: Store,
+        events: EventSink,
+        spec: IdempotencySpec,
+        max_pending: int = MAX_PENDING,
+    ):
         self.store, self.events, self.spec = store, events, spec
-        self.guard = StoreGuard("idempotency", events)
+        self.guard = StoreGuard("idempotency", events, max_pending)
         self._instance = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
         self._leads: dict[str, Lead] = {}  # keys led in this process
         self._claiming: dict[str, asyncio.Event] = {}  # keys being claimed in this process
-        self.recent = Recent(min(_RECENT_TTL, spec.retention), _RECENT_BYTES)
+        self.recent = Recent(min(_RECENT_TTL, spec.retention), spec.memory)
 
     async def lead(
         self, principal: Principal, call: Call, header: str, trace: Trace, downstream: Downstream

@@ -21,17 +21,23 @@ from gateway.decide.admission import (
 )
 from gateway.errors import SavepointError
 from gateway.stages.admit import write_settlement
-from gateway.stages.guard import StoreGuard
+from gateway.stages.guard import MAX_PENDING, StoreGuard
 from gateway.stores.base import Store
 
 _LEASE_MARGIN = 60.0  # a slot outlives the route's deadline by this much (a dead gateway's)
 
 
 class DeploymentQuota:
-    def __init__(self, specs: Mapping[str, LimitSpec], store: Store, events: EventSink):
+    def __init__(
+        self,
+        specs: Mapping[str, LimitSpec],
+        store: Store,
+        events: EventSink,
+        max_pending: int = MAX_PENDING,
+    ):
         self._specs = specs
         self._store = store
-        self._guard = StoreGuard("limits", events)
+        self._guard = StoreGuard("limits", events, max_pending)
 
     def covers(self, label: str) -> bool:
         return label in self._specs

@@ -25,7 +25,7 @@ from gateway.downstream import Downstream
 from gateway.model import Call, Principal, Trace
 from gateway.stages.cache import serve_stored
 from gateway.stages.capture import Capture
-from gateway.stages.guard import StoreGuard
+from gateway.stages.guard import MAX_PENDING, StoreGuard
 from gateway.stores.base import Store
 
 
@@ -42,9 +42,11 @@ def run_key(client: str, run_id: str) -> str:
 
 
 class RunJournal:
-    def __init__(self, store: Store, events: EventSink, retention: float):
+    def __init__(
+        self, store: Store, events: EventSink, retention: float, max_pending: int = MAX_PENDING
+    ):
         self._store = store
-        self._guard = StoreGuard("runs", events)
+        self._guard = StoreGuard("runs", events, max_pending)
         self._retention = retention
 
     async def step(
