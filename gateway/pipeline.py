@@ -7,6 +7,10 @@ Admission reserves what a request may take; the reservation is settled once the 
 over, detached or not. A stage ends a request early by raising a
 `SavepointError` (rendered once, by the server) or by replying itself. What happened is
 recorded on the request's `Trace`, which the access log writes once the request is over.
+
+A plain request (no run, no `Idempotency-Key`) to a cached model whose admission calls the
+store starts its cache lookup alongside admission: two store calls at once, one round trip
+of waiting. Its result counts only once admission has admitted the request.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from gateway.errors import GatewayUnavailable
 from gateway.lifecycle import SHUTDOWN, Drain
 from gateway.model import Call, Endpoint, Principal, Trace
 from gateway.stages.admit import Admission, Ticket
-from gateway.stages.cache import ResponseCache
+from gateway.stages.cache import CachePlan, ResponseCache
 from gateway.stages.capture import Capture
 from gateway.stages.dispatch import Dispatcher
 from gateway.stages.idempotency import Idempotency
@@ -93,6 +97,8 @@ class Pipeline:
         downstream: Downstream,
         lead: Lead | None,
         ticket: Ticket | None,
+        plan: CachePlan | None,
+        lookup: asyncio.Task[tuple[bool, bytes | None]] | None,
     ) -> None:
         """Answer from the run journal, the cache, or live; keep a complete live answer for
         the cache and the journal; settle the request's `Idempotency-Key` with the answer,
@@ -101,13 +107,14 @@ class Pipeline:
         error: BaseException | None = None
         try:
             step = await self._runs.step(principal, spec, call, inbound.run, inbound.attempt)
-            plan = self._cache.plan(spec, principal, call, inbound.cache_control)
             if step is not None or plan is not None or lead is not None:
                 detach = step is not None or lead is not None
                 capture = Capture(_KEEP_LIMIT, detach=detach, tee=lead.publish if lead else None)
             if step is not None and await self._runs.replay(step, call, trace, downstream, capture):
                 return
-            hit = await self._cache.answer(plan, call, trace, downstream, capture) if plan else None
+            hit = None
+            if plan is not None:
+                hit = await self._cache.answer(plan, call, trace, downstream, capture, lookup)
             if hit is not None:
                 if step is not None:  # a run's step answered from the cache is still its step
                     self._runs.keep(step, hit)
@@ -124,6 +131,8 @@ class Pipeline:
             error = e
             raise
         finally:
+            if lookup is not None and not lookup.done():
+                lookup.cancel()
             if lead is not None:
                 lead.settle(capture, error)
             if ticket is not None:
@@ -159,6 +168,7 @@ class Pipeline:
     async def run(self, inbound: Inbound, downstream: Downstream, trace: Trace) -> None:
         token = self._drain.enter()
         ticket: Ticket | None = None
+        lookup: asyncio.Task[tuple[bool, bytes | None]] | None = None
         try:
             principal = authenticate(self._clients, inbound.api_key)
             trace.client = principal.name
@@ -167,6 +177,15 @@ class Pipeline:
             trace.model, trace.stream = call.model, call.stream
             spec = resolve_model(self._policy, principal, call.model)
             check_run_headers(inbound.run, inbound.attempt)
+            plan = self._cache.plan(spec, principal, call, inbound.cache_control)
+            if (
+                plan is not None
+                and plan.mode.lookup
+                and inbound.run is None  # a run's journal and a key's record come first
+                and inbound.idempotency_key is None
+                and self._admission.calls_store(principal, spec)
+            ):
+                lookup = self._cache.look_up(plan)  # alongside admission: one round trip
             ticket = await self._admission.admit(principal, spec, call, inbound.run, trace)
             lead = None
             if inbound.idempotency_key is not None:
@@ -176,9 +195,9 @@ class Pipeline:
                 if lead is None:  # replayed, or attached to the same request in flight
                     return
             answer = self._answer(
-                principal, spec, call, raw, inbound, trace, downstream, lead, ticket
+                principal, spec, call, raw, inbound, trace, downstream, lead, ticket, plan, lookup
             )
-            ticket = None  # settled by the answer, when it is over (detached or not)
+            ticket = lookup = None  # the answer settles the one and awaits the other
             if inbound.run is None and lead is None:
                 await answer
             else:  # a call someone means to retry: it goes on if its client leaves
@@ -191,6 +210,8 @@ class Pipeline:
                 task.uncancel()  # we answer instead of dying; the cancellation was ours
             raise GatewayUnavailable(SHUTDOWN) from None
         finally:
+            if lookup is not None:  # refused before the answer: the lookup goes unused
+                lookup.cancel()
             try:
                 if ticket is not None:  # over before `_answer`: replayed, attached, or a 409/422
                     await self._admission.settle(ticket, trace)

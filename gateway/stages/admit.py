@@ -81,12 +81,7 @@ class Admission:
         """Admit the request (its ticket, or None when nothing applies) or raise the 429."""
         client = self._policy.clients.get(principal.name)
         guard = self._policy.guard
-        applies = self._applies.get((principal.name, spec.name))
-        if applies is None:  # the policy is fixed: work it out once per client and model
-            counted = needs_tokens(client, spec, guard, self._deployments)
-            applies = (counted, counted or _any_limit(client, spec) or bool(guard.enabled))
-            self._applies[principal.name, spec.name] = applies
-        counted, limited = applies
+        counted, limited = self._applying(principal, spec)
         if not limited:
             return None  # no store call: the guard, by default, only rides along with limits
         reservation = await self._reserve(client, spec, call, counted)
@@ -113,6 +108,21 @@ class Admission:
         self._warn(client, verdict, trace)
         self._flag(principal, guard, verdict, trace)
         return Ticket(limits, reservation, trace.request_id)
+
+    def calls_store(self, principal: Principal, spec: ModelSpec) -> bool:
+        """Whether admitting this client's requests for this model may take a store call."""
+        return self._applying(principal, spec)[1]
+
+    def _applying(self, principal: Principal, spec: ModelSpec) -> tuple[bool, bool]:
+        """(a token estimate is needed, anything applies), worked out once per client and
+        model: the policy is fixed."""
+        applies = self._applies.get((principal.name, spec.name))
+        if applies is None:
+            client, guard = self._policy.clients.get(principal.name), self._policy.guard
+            counted = needs_tokens(client, spec, guard, self._deployments)
+            applies = (counted, counted or _any_limit(client, spec) or bool(guard.enabled))
+            self._applies[principal.name, spec.name] = applies
+        return applies
 
     async def settle(self, ticket: Ticket, trace: Trace) -> None:
         """Correct the reservation to what the request took: the usage the provider reported;

@@ -248,3 +248,32 @@ def test_by_default_the_guard_counts_only_requests_that_limits_apply_to(
     assert flags == [False, False, True]  # alice has a limit: counted on the same store call
     bob = gw.client(api_key=BOB, max_retries=0)
     assert not any("x-savepoint-loop" in _ask_raw(bob, "auto").headers for _ in range(3))
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_a_cached_answer_still_takes_its_place_under_the_limit(
+    gateways: Gateways, store: str
+) -> None:
+    """The cache lookup runs alongside admission (one round trip): a hit counts against the
+    client's requests per minute, and a refused request gets the 429, not the stored answer."""
+    scope = f"{SCOPE}-cached-{store}"
+    where = ('{kind: redis, url: "redis://127.0.0.1:6379/0"}' if store == "redis"
+             else f'{{path: "{{tmp}}/limits-{scope}.db"}}')  # fmt: skip
+    models = "  cached: {targets: [up/mock-gpt], cache: {enabled: true}}"
+    policy = _policy(where, scope, "limits: {rpm: 3}", models).replace("alice", f"a{scope}")
+    gw = gateways.start(policy, shared=False)
+    try:
+        client = gw.client(api_key=ALICE)
+        ask = client.chat.completions.with_raw_response.create
+        live = ask(model="cached", messages=QUESTION)  # type: ignore[arg-type]
+        hits = [ask(model="cached", messages=QUESTION) for _ in range(2)]  # type: ignore[arg-type]
+        with pytest.raises(openai.RateLimitError) as refused:
+            ask(model="cached", messages=QUESTION)  # type: ignore[arg-type]
+        assert live.headers["x-savepoint-cache"] == "miss"
+        assert [h.headers["x-savepoint-cache"] for h in hits] == ["hit", "hit"]
+        assert [h.headers["x-ratelimit-remaining-requests"] for h in hits] == ["1", "0"]
+        assert hits[1].parse().choices[0].message.content == live.parse().choices[0].message.content
+        assert "x-savepoint-cache" not in refused.value.response.headers
+        assert gateways.mock.scope_count(scope) == 1  # only the first reached the provider
+    finally:
+        gw.proc.stop()
