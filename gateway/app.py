@@ -131,6 +131,13 @@ def needs_tokenizer(policy: Policy) -> bool:
     )
 
 
+def counted_models(policy: Policy) -> list[str]:
+    """The model names whose requests may be counted: the policy's and their deployments'
+    (the tokenizer loads only the encodings these use)."""
+    models = policy.models.values()
+    return [name for m in models for name in (m.name, *(t.model for t in m.targets))]
+
+
 Feature = Admission | Idempotency | ResponseCache | RunJournal | DeploymentQuota
 
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from gateway import __version__, usage_command
-from gateway.app import build_app, needs_tokenizer
+from gateway.app import build_app, counted_models, needs_tokenizer
 from gateway.config import Policy, PolicyError, load_policy
 from gateway.mock import add_knob_arguments, build_mock_app, knobs_from_args
 from gateway.server import DRAIN, STORE
@@ -184,7 +184,7 @@ async def _run_gateway(policy: Policy, host: str, port: int, peers: Peers | None
     tokenizer = None
     if needs_tokenizer(policy):
         try:
-            tokenizer = await asyncio.to_thread(Tokenizer.load)
+            tokenizer = await asyncio.to_thread(Tokenizer.load, None, counted_models(policy))
         except EncodingFileError as e:
             return _fail(f"cannot count tokens: {e}")
     app = build_app(policy, tokenizer, peers=peers)

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import importlib.resources
 import math
 import re
 import types
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from importlib.resources.abc import Traversable
 from typing import Any, Final
@@ -95,13 +96,19 @@ class Tokenizer:
         self._pool = ThreadPoolExecutor(_POOL_THREADS, thread_name_prefix="savepoint-tokens")
 
     @classmethod
-    def load(cls, directory: Traversable | None = None) -> Tokenizer:
-        """Load and verify every encoding in `ENCODINGS` from `directory` (default: the files
-        shipped in the package). Raises `EncodingFileError` naming the file and its expected
+    def load(
+        cls, directory: Traversable | None = None, models: Iterable[str] | None = None
+    ) -> Tokenizer:
+        """Load and verify the encodings in `ENCODINGS` that `models` use (default: all, and
+        always `DEFAULT_ENCODING`) from `directory` (default: the files shipped in the
+        package): each costs about 40 MB of memory, so a policy whose models all use o200k
+        never holds cl100k. Raises `EncodingFileError` naming the file and its expected
         sha256. Takes about half a second of CPU: call it before serving, or in a thread."""
         if directory is None:
             directory = importlib.resources.files("gateway").joinpath("encodings")
-        return cls({name: _load(directory, name, sha256) for name, sha256 in ENCODINGS.items()})
+        names = set(ENCODINGS) if models is None else {DEFAULT_ENCODING, *map(_encoding, models)}
+        return cls({name: _load(directory, name, sha256) for name, sha256 in ENCODINGS.items()
+                    if name in names})  # fmt: skip
 
     def close(self) -> None:
         """Stop the counting threads; a count under way finishes, queued ones are dropped."""
@@ -109,12 +116,9 @@ class Tokenizer:
 
     def encoding_for(self, model: str) -> str:
         """The encoding tiktoken's model table gives `model`, or o200k_base when it has none
-        or names one not shipped (o200k_harmony uses o200k_base's ranks; p50k/r50k models
-        are retired)."""
-        try:
-            name = tiktoken.model.encoding_name_for_model(model)
-        except KeyError:
-            return DEFAULT_ENCODING
+        or names one not shipped or loaded (o200k_harmony uses o200k_base's ranks; p50k/r50k
+        models are retired)."""
+        name = _encoding(model)
         return name if name in self._encodings else DEFAULT_ENCODING
 
     def count_text(self, model: str, text: str) -> int:
@@ -174,6 +178,13 @@ class Tokenizer:
 # Loading ------------------------------------------------------------------------------------
 
 
+def _encoding(model: str) -> str:
+    try:
+        return str(tiktoken.model.encoding_name_for_model(model))
+    except KeyError:
+        return DEFAULT_ENCODING
+
+
 def _load(root: Traversable, name: str, sha256: str) -> tiktoken.Encoding:
     file = root.joinpath(f"{name}.tiktoken")
     try:
@@ -199,9 +210,14 @@ def _load(root: Traversable, name: str, sha256: str) -> tiktoken.Encoding:
             token, rank = line.split()
             ranks[base64.b64decode(token)] = int(rank)
     pattern, special_tokens = _definition(name, sha256)
-    return tiktoken.Encoding(
+    encoding = tiktoken.Encoding(
         name=name, pat_str=pattern, mergeable_ranks=ranks, special_tokens=special_tokens
     )
+    # The Encoding keeps its Python dict of ranks only to be pickled, which we never do; its
+    # Rust core has its own copy. Dropping it gives back about 27 MB per encoding.
+    with contextlib.suppress(AttributeError):
+        del encoding._mergeable_ranks
+    return encoding
 
 
 def _definition(name: str, sha256: str) -> tuple[str, dict[str, int]]:

@@ -123,6 +123,20 @@ def test_a_missing_encoding_file_fails_naming_the_file_and_expected_hash(tmp_pat
     assert ENCODINGS["o200k_base"] in message
 
 
+def test_only_the_encodings_the_policys_models_use_are_loaded(tmp_path: Path) -> None:
+    """Each encoding holds about 40 MB: a gateway whose models all use o200k (or are
+    unknown to tiktoken) never loads cl100k, and counts an unknown model with o200k."""
+    (tmp_path / "o200k_base.tiktoken").write_bytes((SHIPPED / "o200k_base.tiktoken").read_bytes())
+    loaded = Tokenizer.load(tmp_path, ["gpt-4o", "my-alias", "mock-gpt"])  # no cl100k file here
+    try:
+        assert loaded.encoding_for("gpt-4") == "o200k_base"  # not loaded: the default counts
+        assert loaded.count_text("gpt-4o", "hello world") == 2
+    finally:
+        loaded.close()
+    with pytest.raises(EncodingFileError, match="cl100k_base"):
+        Tokenizer.load(tmp_path, ["gpt-4"])  # a cl100k model: its file is needed
+
+
 def test_the_encodings_are_package_data() -> None:
     shipped = importlib.resources.files("gateway").joinpath("encodings")
     for name, sha256 in ENCODINGS.items():
