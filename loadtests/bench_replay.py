@@ -90,6 +90,7 @@ EXPECT = {
     "nocache": (None, None, True),
 }
 _SEEN_HEADERS = ("x-savepoint-cache", "x-savepoint-replayed", "idempotent-replayed")
+_DONE = b"data: [DONE]\n\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +225,8 @@ def start_targets(
             )
         )
         port = free_port()
-        argv = [python, "-m", "gateway", "serve", "--policy", str(policy), "--port", str(port)]
+        argv = [python, "-m", "gateway", "serve", "--policy", str(policy), "--port", str(port),
+                "--workers", "1"]  # fmt: skip
         # The gateway's stderr is its access log: a file, never a pipe.
         gateways[store] = (children.start(f"gateway-{store}", pinned(settings.sut_cpu, argv)), port)
         listening.append(gateways[store])
@@ -528,6 +530,8 @@ async def _drive(spec: dict[str, Any]) -> dict[str, Any]:
     head, _, tail = body.partition(spec["marker"]) if spec["marker"] else (body, "", "")
     unique = bool(spec["marker"])
     headers: dict[str, str] = spec["headers"]
+    # bench.py's options: streams must end with [DONE]; a longer per-request timeout
+    stream, request_timeout = bool(spec.get("stream")), float(spec.get("timeout", 10.0))
     skipped, counted = round(warmup * rate), max(1, round(duration * rate))
     seen: Counter[str] = Counter()
 
@@ -535,11 +539,13 @@ async def _drive(spec: dict[str, Any]) -> dict[str, Any]:
         sent = time.perf_counter()
         late = sent - due
         first = 0.0
+        last = b""
         try:
             async with session.post(spec["url"], data=payload, headers=headers) as reply:
-                async for _chunk in reply.content.iter_any():
+                async for chunk in reply.content.iter_any():
                     if not first:
                         first = time.perf_counter()
+                    last = (last + chunk)[-len(_DONE) :]
                 status = reply.status
                 tags = [f"{h}: {reply.headers[h]}" for h in _SEEN_HEADERS if h in reply.headers]
         except TimeoutError:
@@ -551,11 +557,13 @@ async def _drive(spec: dict[str, Any]) -> dict[str, Any]:
             return openloop.Sample(sent, late, 0.0, 0.0, f"status {status}")
         if not first:
             return openloop.Sample(sent, late, 0.0, 0.0, "empty body")
+        if stream and last != _DONE:
+            return openloop.Sample(sent, late, 0.0, 0.0, "stream without [DONE]")
         seen.update(tags or ["(none)"])
         return openloop.Sample(sent, late, first - due, end - due, None)
 
     connector = aiohttp.TCPConnector(limit=openloop.MAX_CONNECTIONS)
-    timeout = aiohttp.ClientTimeout(total=10.0)
+    timeout = aiohttp.ClientTimeout(total=request_timeout)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         payloads = [
             (f"{head}{i}{tail}" if unique else body).encode() for i in range(skipped + counted)
@@ -567,7 +575,7 @@ async def _drive(spec: dict[str, Any]) -> dict[str, Any]:
             due = start + i / rate
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
             tasks.append(asyncio.create_task(one(session, payload, due)))
-        done, pending = await asyncio.wait(tasks, timeout=11.0)
+        done, pending = await asyncio.wait(tasks, timeout=request_timeout + 1.0)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
@@ -575,7 +583,7 @@ async def _drive(spec: dict[str, Any]) -> dict[str, Any]:
         t.result() if t in done else openloop.Sample(0.0, 0.0, 0.0, 0.0, "unfinished")
         for t in tasks
     ]
-    report = openloop.summarize(samples[skipped:], rate, duration, stream=False)
+    report = openloop.summarize(samples[skipped:], rate, duration, stream)
     report["requests_sent"] = len(samples)
     report["answer_headers"] = dict(seen)  # warm-up included
     return report

@@ -5,7 +5,7 @@
 Two routes to the same healthy mock deployment: `direct` goes straight to it; `skip` lists a
 dead deployment first, whose breaker is opened before measuring, so every `skip` request
 passes over it. Both are driven at the same fixed rate (open loop, CPU-pinned as in
-bench_foundation.py); the difference in their latency percentiles is the cost of the skip.
+bench.py); the difference in their latency percentiles is the cost of the skip.
 Prints a markdown table; exits 1 if a request failed or a `skip` request reached the dead
 deployment. No absolute time is asserted.
 """

@@ -22,6 +22,7 @@ from multidict import CIMultiDictProxy
 
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 UPSTREAM = web.AppKey("upstream", str)
+POOL = web.AppKey("pool", int)
 
 # Hop-by-hop or framing headers: aiohttp sets its own on each side.
 _DROPPED = frozenset(("connection", "keep-alive", "transfer-encoding", "content-length", "host"))
@@ -47,17 +48,19 @@ async def forward(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def build_app(upstream: str) -> web.Application:
+def build_app(upstream: str, pool: int = 256) -> web.Application:
     app = web.Application()
     app[UPSTREAM] = upstream.rstrip("/")
+    app[POOL] = pool
     app.cleanup_ctx.append(_session)
     app.router.add_post("/v1/{tail:.*}", forward)
     return app
 
 
 async def _session(app: web.Application) -> AsyncIterator[None]:
-    # The same pool size as the gateway's providers (max_connections: 256), no decompression.
-    connector = aiohttp.TCPConnector(limit=256)
+    # By default the same pool size as the gateway's providers (max_connections: 256); no
+    # decompression.
+    connector = aiohttp.TCPConnector(limit=app[POOL])
     timeout = aiohttp.ClientTimeout(total=None)
     async with aiohttp.ClientSession(
         connector=connector, timeout=timeout, auto_decompress=False
@@ -66,8 +69,8 @@ async def _session(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-async def serve(port: int, upstream: str) -> None:
-    runner = web.AppRunner(build_app(upstream), access_log=None, handle_signals=False)
+async def serve(port: int, upstream: str, pool: int) -> None:
+    runner = web.AppRunner(build_app(upstream, pool), access_log=None, handle_signals=False)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port, backlog=2048).start()
     stop = asyncio.Event()
@@ -85,8 +88,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="bare aiohttp pass-through proxy (baseline)")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True, help="e.g. http://127.0.0.1:8090")
+    parser.add_argument(
+        "--max-connections", type=int, default=256, help="upstream pool size (default 256)"
+    )
     args = parser.parse_args()
-    uvloop.run(serve(args.port, args.upstream))
+    uvloop.run(serve(args.port, args.upstream, args.max_connections))
 
 
 if __name__ == "__main__":
