@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 import orjson
 
+from gateway import jsonbytes
 from gateway.config.schema import ServerSpec
 from gateway.model import Trace
 
@@ -87,7 +88,9 @@ class AccessLog:
 
 
 def _event(record: dict[str, Any]) -> bytes:
-    return orjson.dumps({"ts": round(time.time(), 3), **record}, option=orjson.OPT_APPEND_NEWLINE)
+    return jsonbytes.dumps(
+        {"ts": round(time.time(), 3), **record}, option=orjson.OPT_APPEND_NEWLINE
+    )
 
 
 _ATOMIC = 4096  # PIPE_BUF: a write to a pipe up to this size is never interleaved with another
@@ -152,4 +155,4 @@ def line(trace: Trace, now: float, worker: int | None = None) -> bytes:
                             "total": u.total_tokens}  # fmt: skip
         if trace.estimated:
             record["tokens"]["estimated"] = True
-    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+    return jsonbytes.dumps(record, option=orjson.OPT_APPEND_NEWLINE)  # queued: right-sized

@@ -21,8 +21,7 @@ import time
 from collections import deque
 from typing import Any
 
-import orjson
-
+from gateway import jsonbytes
 from gateway.breakers import EventSink
 from gateway.config.schema import Policy, PriceSpec
 from gateway.decide import ledger
@@ -133,7 +132,7 @@ class _Batch:
         return len(self.records)
 
     def add(self, e: ledger.Entry) -> None:
-        self.records.append((e.ts, orjson.dumps(e)))
+        self.records.append((e.ts, jsonbytes.dumps(e)))  # kept until written
         ledger.add(self.daily.setdefault(ledger.day_key(e), {}), ledger.counters(e))
 
 

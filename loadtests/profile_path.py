@@ -3,16 +3,17 @@ profile by function.
 
     python loadtests/profile_path.py [--policy production] [--seconds 10] [--profile]
 
-    CPU 1: mock, wrk (-t1 -c32, every body unique: cache misses)
-    CPU 0: one gateway worker (SQLite store in a temporary directory)
+    CPU 1: mock, wrk (-t1 -c32, every body unique: cache misses), redis-server (--store redis)
+    CPU 0: one gateway worker (SQLite store in a temporary directory, or a Redis of its own)
 
 Policies: `default` (one model, nothing else), `production` (auth with one client, the
 response cache on the model, the usage ledger, metrics, the access log, breakers) and
 `limits` (production plus the client's rpm, tpm and a USD budget, with the default loop
-guard riding along). Prints requests/s and the CPU µs per request of each thread of the
-gateway (from /proc/<pid>/task/*/stat, before and after the load); with `--profile`, also
-runs `py-spy record` on the event-loop thread for as long again and prints the functions
-with the largest inclusive share of its samples. docs/performance.md quotes this tool.
+guard riding along); `--store redis` starts a redis-server of its own; `--connections 1`
+measures one request at a time. Prints requests/s and the CPU µs per request of each thread
+of the gateway (from /proc/<pid>/task/*/stat, before and after the load); with `--profile`,
+also runs `py-spy record` on the event-loop thread for as long again and prints the
+functions with the largest inclusive share of its samples. docs/performance.md quotes it.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 _TICK = float(os.sysconf("SC_CLK_TCK"))
 _BASE = """\
 version: 1
-store: {{path: {store}}}
+store: {store}
 providers:
   up: {{kind: openai, base_url: "http://127.0.0.1:{mock}/v1", api_key: sk-up}}
 """
@@ -102,6 +103,7 @@ def main() -> int:
     parser.add_argument("--policy", choices=sorted(POLICIES), default="production")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--store", choices=("sqlite", "redis"), default="sqlite")
     parser.add_argument("--profile", action="store_true", help="py-spy the event loop too")
     parser.add_argument("--top", type=int, default=40)
     args = parser.parse_args()
@@ -115,10 +117,17 @@ def main() -> int:
 
 def run(children: Children, work: Path, args: argparse.Namespace) -> int:
     mock_port, port = free_port(), free_port()
+    store = f"{{path: {work / 'sp.db'}}}"
+    if args.store == "redis":  # a server of its own: nothing is left in a shared one
+        redis_port = free_port()
+        redis_argv = ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1"]
+        redis_argv += ["--save", "", "--appendonly", "no"]
+        children.start("redis", pinned(1, redis_argv)).wait_listening(redis_port)
+        store = f"{{kind: redis, url: 'redis://127.0.0.1:{redis_port}/0'}}"
     mock = children.start("mock", pinned(1, [sys.executable, "-m", "gateway", "mock",
                                              "--port", str(mock_port)]))  # fmt: skip
     policy = work / "policy.yaml"
-    policy.write_text(_BASE.format(store=work / "sp.db", mock=mock_port) + POLICIES[args.policy])
+    policy.write_text(_BASE.format(store=store, mock=mock_port) + POLICIES[args.policy])
     argv = [sys.executable, "-m", "gateway", "serve", "--policy", str(policy)]
     gateway = children.start("gateway", pinned(0, [*argv, "--port", str(port), "--workers", "1"]))
     mock.wait_listening(mock_port)
@@ -139,7 +148,9 @@ def run(children: Children, work: Path, args: argparse.Namespace) -> int:
     if report.failed:
         print(f"FAILED: {report}\n{gateway.tail()}", file=sys.stderr)
         return 1
-    print(f"policy {args.policy}: {report.rps:,.0f} req/s, {report.requests:,} requests")
+    latency = 1000 * args.connections / report.rps  # closed loop: Little's law
+    print(f"policy {args.policy}, {args.store}: {report.rps:,.0f} req/s, {report.requests:,} "
+          f"requests, {latency:.2f} ms per request (connections / req/s)")  # fmt: skip
     print("| thread | CPU µs per request |\n|---|---:|")
     for name in sorted(after, key=lambda n: after[n] - before.get(n, 0.0), reverse=True):
         used = after[name] - before.get(name, 0.0)

@@ -13,6 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "gateway"
 RANK = {
     "gateway.model": 0,
     "gateway.errors": 0,
+    "gateway.jsonbytes": 0,
     "gateway.config": 1,
     "gateway.decide": 2,
     "gateway.transcode": 2,

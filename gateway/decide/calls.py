@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 
 import orjson
 
+from gateway import jsonbytes
 from gateway.errors import InvalidRequest
 from gateway.model import Call, Endpoint
 
@@ -57,7 +58,7 @@ def upstream_body(call: Call, raw: bytes, model: str) -> bytes:
     if call.usage_hidden:
         options = call.body.get("stream_options") or {}
         body["stream_options"] = {**options, "include_usage": True}
-    return orjson.dumps(body)
+    return jsonbytes.dumps(body)  # kept while the call is in flight
 
 
 def _check_fields(endpoint: Endpoint, body: dict[str, Any]) -> None:

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from gateway import jsonbytes
 from gateway.breakers import EventSink
 from gateway.config.schema import IdempotencySpec
 from gateway.decide.idempotency import kept
@@ -126,7 +127,7 @@ class Lead:
         else:
             self._set_meta(failure(capture, error))
             self.state = "failed"
-        self._final = (self.state, self._pending_meta or orjson.dumps(self.meta))
+        self._final = (self.state, self._pending_meta or jsonbytes.dumps(self.meta))
         if not self._recorded:
             self._finished(kept=True)
         self._notify()
@@ -143,7 +144,7 @@ class Lead:
 
     def _set_meta(self, meta: dict[str, Any]) -> None:
         self.meta = meta
-        self._pending_meta = orjson.dumps(meta)
+        self._pending_meta = jsonbytes.dumps(meta)
 
     def _notify(self) -> None:
         self.version += 1

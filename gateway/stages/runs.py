@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from gateway import jsonbytes
 from gateway.breakers import EventSink
 from gateway.config.schema import ModelSpec
 from gateway.decide.keys import cache_key
@@ -95,7 +96,7 @@ class RunJournal:
     def keep(self, step: RunStep, body: bytes) -> None:
         """Journal a complete answer of this step (after the client has it)."""
         usage = usage_from_body(orjson.loads(body))
-        meta = orjson.dumps({
+        meta = jsonbytes.dumps({
             "time": round(time.time(), 3),
             "model": step.model,
             "step": step.step[:16],

@@ -25,9 +25,8 @@ connections and processes sharing the file. The writes on every request's path (
 operations and cache puts) that arrive while one transaction runs share the next (group
 commit): one after the other, each in a savepoint of its own (its failure is its own) and
 seeing what the one before it wrote, so a burst pays for one commit and one hop to the
-writer thread. Idle
-rows (a full bucket, a lapsed lease, an ended period) are ignored by the decision and purged
-a bounded batch per table at most once a second.
+writer thread. Idle rows (a full bucket, a lapsed lease, an ended period) are ignored by the
+decision and purged a bounded batch per table at most once a second.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from gateway import jsonbytes
 from gateway.model import Endpoint
 
 from . import chat, responses
@@ -51,7 +52,7 @@ def assemble(endpoint: Endpoint, events: bytes) -> bytes | None:
             doc = chat.assemble(parsed, legacy=endpoint is Endpoint.COMPLETIONS)
     except (orjson.JSONDecodeError, *_SHAPE_ERRORS):
         return None
-    return None if doc is None else orjson.dumps(doc)
+    return None if doc is None else jsonbytes.dumps(doc)
 
 
 def disassemble(endpoint: Endpoint, body: bytes, include_usage: bool) -> bytes:
