@@ -109,7 +109,9 @@ class Pipeline:
             step = await self._runs.step(principal, spec, call, inbound.run, inbound.attempt)
             if step is not None or plan is not None or lead is not None:
                 detach = step is not None or lead is not None
-                capture = Capture(_KEEP_LIMIT, detach=detach, tee=lead.publish if lead else None)
+                capture = Capture(
+                    _KEEP_LIMIT, call.endpoint, detach=detach, tee=lead.publish if lead else None
+                )
             if step is not None and await self._runs.replay(step, call, trace, downstream, capture):
                 return
             hit = None
@@ -121,7 +123,7 @@ class Pipeline:
                 return
             tokens = ticket.reservation.tokens if ticket is not None else 1
             await self._dispatcher.dispatch(spec, call, raw, trace, downstream, capture, tokens)
-            body = capture.answer(call.endpoint) if capture is not None else None
+            body = capture.answer() if capture is not None else None
             if body is not None:  # complete and successful: worth keeping
                 if plan is not None:
                     self._cache.keep(plan, body)

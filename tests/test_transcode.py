@@ -5,6 +5,7 @@ streams the SDK accumulates back into the same completion. Broken streams do not
 from __future__ import annotations
 
 import copy
+import tracemalloc
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,7 +23,7 @@ from gateway.mock.completions import plan_completion
 from gateway.mock.plan import Body, Call, Events
 from gateway.mock.responses_api import plan_response
 from gateway.model import Endpoint
-from gateway.transcode import assemble, complete, disassemble
+from gateway.transcode import Assembly, assemble, complete, disassemble
 
 STREAM_EVENT: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
 CITY = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
@@ -205,6 +206,49 @@ def test_two_interleaved_choices_with_fragmented_tool_calls_assemble_into_one_bo
     parsed = ChatCompletion.model_validate(orjson.loads(assembled))
     calls = parsed.choices[1].message.tool_calls or []
     assert [c.function.arguments for c in calls] == ['{"city": "Paris"}', '{"tz": "Europe/Paris"}']
+
+
+def _events(stream: bytes) -> list[bytes]:
+    """The stream cut after every event, as a relay passes runs of one event each."""
+    return [event + b"\n\n" for event in stream.split(b"\n\n") if event]
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "stream"),
+    [
+        (Endpoint.CHAT, mock_pair(plan_chat, {**CHAT_TOOL, **WITH_USAGE})[1]),
+        (Endpoint.CHAT, sse(*TWO_CHOICES_CHUNKS)),
+        (Endpoint.CHAT, sse(*TWO_CHOICES_CHUNKS, done=False)),  # did not end: None both ways
+        (Endpoint.COMPLETIONS, mock_pair(plan_completion, {"prompt": "Say hi", **WITH_USAGE})[1]),
+        (Endpoint.RESPONSES, mock_pair(plan_response, RESPONSES_TOOL)[1]),
+    ],
+    ids=["chat-tool", "two-choices", "chat-no-done", "completions", "responses"],
+)
+def test_a_stream_assembled_event_by_event_gives_the_body_assembled_at_once(
+    endpoint: Endpoint, stream: bytes
+) -> None:
+    assembly = Assembly(endpoint)
+    for event in _events(stream):
+        assembly.add(event)
+    assert assembly.body() == assemble(endpoint, stream)
+
+
+def test_a_streams_assembly_holds_its_answer_not_its_events() -> None:
+    """A capture keeps each cached or journaled stream until it ends: 2,000 streams at once
+    are 2,000 assemblies."""
+    planned = plan_chat(Call({**CHAT_TEXT, "stream": True}, "mock-gpt", 40, 16, "x", 1700000000))
+    assert isinstance(planned, Events)
+    stream = b"".join(planned.head + planned.content + planned.tail)  # 40 chunks: 11 KB
+    tracemalloc.start()
+    try:
+        assemblies = [Assembly(Endpoint.CHAT) for _ in range(100)]
+        for assembly in assemblies:
+            for event in _events(stream):
+                assembly.add(event)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held / 100 < len(stream) / 4  # the events themselves would be len(stream) each
 
 
 def test_crlf_line_ends_and_keepalive_comments_do_not_change_the_assembled_body() -> None:

@@ -50,7 +50,7 @@ from gateway.errors import (
     error_event,
     error_object,
 )
-from gateway.model import Call, Endpoint, Principal, Trace
+from gateway.model import Call, Principal, Trace
 from gateway.stages.guard import MAX_PENDING, StoreGuard
 from gateway.stages.lead import LOST, Lead, Recent, View, failure
 from gateway.stages.relay import JSON, SSE_HEADERS
@@ -169,7 +169,7 @@ class Idempotency:
         fp = fingerprint("POST", call.endpoint.path, call.body)
         deadline = time.monotonic() + min(self.spec.wait, client_budget(call.read_timeout))
         while True:
-            found = await self._claim(key, fp, call.endpoint, trace)
+            found = await self._claim(key, fp, trace)
             if isinstance(found, Lead):
                 trace.idempotency = "executed"
                 return found
@@ -184,7 +184,7 @@ class Idempotency:
     async def close(self) -> None:
         await self.guard.close()
 
-    async def _claim(self, key: str, fp: str, endpoint: Endpoint, trace: Trace) -> Lead | _Source:
+    async def _claim(self, key: str, fp: str, trace: Trace) -> Lead | _Source:
         while True:
             if (finished := self.recent.get(key)) is not None:
                 return _Finished(finished)
@@ -213,7 +213,7 @@ class Idempotency:
                 trace.extra_headers["x-savepoint-degraded"] = "store"
             if record is not None:
                 return _Remote(self, key, record)
-            lead = self._leads[key] = Lead(key, fp, owner, endpoint, self, recorded=ok)
+            lead = self._leads[key] = Lead(key, fp, owner, self, recorded=ok)
             return lead
         finally:
             del self._claiming[key]

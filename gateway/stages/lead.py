@@ -27,7 +27,6 @@ from gateway.breakers import EventSink
 from gateway.config.schema import IdempotencySpec
 from gateway.decide.idempotency import kept
 from gateway.errors import SavepointError, UpstreamError, error_object, shape_of
-from gateway.model import Endpoint
 from gateway.stages.capture import Capture
 from gateway.stages.guard import StoreGuard
 from gateway.stores.base import Store
@@ -71,15 +70,12 @@ class Keeper(Protocol):
 class Lead:
     """The request executing for its key. `publish` is its capture's tee; `settle` ends it."""
 
-    def __init__(
-        self, key: str, fp: str, owner: str, endpoint: Endpoint, stage: Keeper, recorded: bool
-    ):
+    def __init__(self, key: str, fp: str, owner: str, stage: Keeper, recorded: bool):
         self.key, self.fingerprint, self.owner = key, fp, owner
         self.state = "running"
         self.meta: dict[str, Any] | None = None
         self.log = bytearray()
         self.version = 0  # bumped on every change, for local followers
-        self._endpoint = endpoint
         self._changed = asyncio.Event()
         self._stage = stage
         self._recorded = recorded
@@ -137,7 +133,7 @@ class Lead:
         if self._overflow:
             return False
         if capture.status == 200:  # complete: its final event came, with no error in it
-            complete = capture.answer(self._endpoint, cut_short=True) is not None
+            complete = capture.answer(cut_short=True) is not None
         else:
             complete = capture.body is not None and len(capture.body) <= capture.limit
         return kept(capture.status, complete)

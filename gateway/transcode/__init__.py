@@ -33,7 +33,7 @@ from gateway.model import Endpoint
 from . import chat, responses
 from .wire import read_events
 
-__all__ = ["assemble", "complete", "disassemble"]
+__all__ = ["Assembly", "assemble", "complete", "disassemble"]
 
 _FINISHED = ("stop", "tool_calls", "function_call")  # a tuple: `in` never hashes the value
 _CUT_SHORT = ("length", "content_filter")  # finished, but not by the model's own choice
@@ -43,16 +43,46 @@ _SHAPE_ERRORS = (LookupError, TypeError, AttributeError)
 
 def assemble(endpoint: Endpoint, events: bytes) -> bytes | None:
     """The non-streamed body of a complete stream, or None (see the module docstring)."""
-    _streams(endpoint)
-    try:
-        parsed = read_events(events)
-        if endpoint.typed_events:
-            doc = responses.assemble(parsed)
-        else:
-            doc = chat.assemble(parsed, legacy=endpoint is Endpoint.COMPLETIONS)
-    except (orjson.JSONDecodeError, *_SHAPE_ERRORS):
-        return None
-    return None if doc is None else jsonbytes.dumps(doc)
+    assembly = Assembly(endpoint)
+    assembly.add(events)
+    return assembly.body()
+
+
+class Assembly:
+    """`assemble` as the stream goes: `add` each run of complete events as it arrives, then
+    `body`. It keeps what the body needs (the text, the tool calls, the usage...), not the
+    events, which are several times larger."""
+
+    __slots__ = ("_broken", "_fold")
+
+    def __init__(self, endpoint: Endpoint):
+        _streams(endpoint)
+        self._fold: chat.Assembly | responses.Assembly = (
+            responses.Assembly()
+            if endpoint.typed_events
+            else chat.Assembly(legacy=endpoint is Endpoint.COMPLETIONS)
+        )
+        self._broken = False
+
+    def add(self, run: bytes) -> None:
+        """Complete events (a run ends with an event's blank line)."""
+        if self._broken:
+            return
+        try:
+            for name, data in read_events(run):
+                self._fold.add(name, data)
+        except (orjson.JSONDecodeError, *_SHAPE_ERRORS):
+            self._broken = True
+
+    def body(self) -> bytes | None:
+        """The body, or None (see the module docstring)."""
+        if self._broken:
+            return None
+        try:
+            doc = self._fold.body()
+        except _SHAPE_ERRORS:
+            return None
+        return None if doc is None else jsonbytes.dumps(doc)
 
 
 def disassemble(endpoint: Endpoint, body: bytes, include_usage: bool) -> bytes:

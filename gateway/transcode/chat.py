@@ -42,11 +42,10 @@ class _Choice:
         delta = choice if legacy else choice.get("delta") or {}
         text = delta.get("text" if legacy else "content")
         if isinstance(text, str):
-            self.text = self.text if self.text is not None else []
-            self.text.append(text)
-        if isinstance(delta.get("refusal"), str):
-            self.refusal = self.refusal if self.refusal is not None else []
-            self.refusal.append(delta["refusal"])
+            self.text = _joined(self.text if self.text is not None else [], text)
+        refusal = delta.get("refusal")
+        if isinstance(refusal, str):
+            self.refusal = _joined(self.refusal if self.refusal is not None else [], refusal)
         for fragment in delta.get("tool_calls") or ():
             self._tool(fragment)
         self.annotations.extend(delta.get("annotations") or ())
@@ -105,44 +104,68 @@ class _Choice:
         return call
 
 
+def _joined(pieces: list[str], more: str) -> list[str]:
+    """`pieces` + `more`, joined into one string every 32 pieces: a stream held open keeps
+    its text, not a small string object (about 50 bytes of overhead) per chunk."""
+    pieces.append(more)
+    return ["".join(pieces)] if len(pieces) >= 32 else pieces
+
+
 def _choice(index: int, key: str, value: Any, finish: str | None, logprobs: Any) -> dict[str, Any]:
     return {"index": index, key: value, "logprobs": logprobs, "finish_reason": finish}
 
 
-def assemble(events: list[tuple[str, bytes]], legacy: bool) -> dict[str, Any] | None:
-    head: dict[str, Any] | None = None
-    extra: dict[str, Any] = {}
-    usage = None
-    choices: dict[int, _Choice] = {}
-    for name, data in events:
+class Assembly:
+    """The chunks folded as they come: what the body needs of them, not the chunks."""
+
+    __slots__ = ("choices", "done", "extra", "failed", "head", "legacy", "usage")
+
+    def __init__(self, legacy: bool) -> None:
+        self.legacy = legacy
+        self.head: dict[str, Any] | None = None  # id, created, model of the first chunk
+        self.extra: dict[str, Any] = {}
+        self.usage: Any = None
+        self.choices: dict[int, _Choice] = {}
+        self.done = False  # [DONE] came: later events are not part of the answer
+        self.failed = False
+
+    def add(self, name: str, data: bytes) -> None:
+        """One event; raises orjson.JSONDecodeError or a shape error on a broken one."""
+        if self.done or self.failed:
+            return
         if data.strip() == b"[DONE]":
-            break
+            self.done = True
+            return
         chunk = orjson.loads(data)
         if name == "error" or not isinstance(chunk, dict) or chunk.get("error") is not None:
-            return None
-        head = head or chunk
-        extra.update((k, chunk[k]) for k in _EXTRA if chunk.get(k) is not None)
-        usage = chunk.get("usage") or usage
+            self.failed = True
+            return
+        if self.head is None and chunk:
+            self.head = {key: chunk[key] for key in ("id", "created", "model")}
+        self.extra.update((k, chunk[k]) for k in _EXTRA if chunk.get(k) is not None)
+        self.usage = chunk.get("usage") or self.usage
         for choice in chunk.get("choices") or ():
-            choices.setdefault(choice["index"], _Choice()).add(choice, legacy)
-    else:
-        return None  # no [DONE]: the stream did not end
-    if head is None or not choices:
-        return None
-    bodies = [choices[i].body(i, legacy) for i in sorted(choices)]
-    if any(b is None for b in bodies):
-        return None
-    doc = {
-        "id": head["id"],
-        "object": "text_completion" if legacy else "chat.completion",
-        "created": head["created"],
-        "model": head["model"],
-        "choices": bodies,
-        **extra,
-    }
-    if usage is not None:
-        doc["usage"] = usage
-    return doc
+            self.choices.setdefault(choice["index"], _Choice()).add(choice, self.legacy)
+
+    def body(self) -> dict[str, Any] | None:
+        if self.failed or not self.done:  # no [DONE]: the stream did not end
+            return None
+        if self.head is None or not self.choices:
+            return None
+        bodies = [self.choices[i].body(i, self.legacy) for i in sorted(self.choices)]
+        if any(b is None for b in bodies):
+            return None
+        doc = {
+            "id": self.head["id"],
+            "object": "text_completion" if self.legacy else "chat.completion",
+            "created": self.head["created"],
+            "model": self.head["model"],
+            "choices": bodies,
+            **self.extra,
+        }
+        if self.usage is not None:
+            doc["usage"] = self.usage
+        return doc
 
 
 def disassemble(doc: dict[str, Any], include_usage: bool, legacy: bool) -> bytes:

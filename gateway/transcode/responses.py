@@ -36,25 +36,40 @@ _FAILED = frozenset({"error", "response.failed", "response.incomplete"})
 Emit = Callable[..., None]
 
 
-def assemble(events: list[tuple[str, bytes]]) -> dict[str, Any] | None:
-    items: dict[int, Any] = {}
-    for name, data in events:
+class Assembly:
+    """The events folded as they come: the finished items, then the terminal response."""
+
+    __slots__ = ("failed", "items", "response")
+
+    def __init__(self) -> None:
+        self.items: dict[int, Any] = {}
+        self.response: dict[str, Any] | None = None  # set by response.completed: the end
+        self.failed = False
+
+    def add(self, name: str, data: bytes) -> None:
+        """One event; raises orjson.JSONDecodeError or a shape error on a broken one."""
+        if self.response is not None or self.failed:
+            return
         event = orjson.loads(data)
         if not isinstance(event, dict):
-            return None
+            self.failed = True
+            return
         kind = event.get("type") or name
         if kind in _FAILED or name in _FAILED:
-            return None
-        if kind == "response.output_item.done":
-            items[event["output_index"]] = event["item"]
+            self.failed = True
+        elif kind == "response.output_item.done":
+            self.items[event["output_index"]] = event["item"]
         elif kind == "response.completed":
             response = event["response"]
             if not isinstance(response, dict) or response.get("status") != "completed":
-                return None
-            if not response.get("output") and items:
-                response["output"] = [items[i] for i in sorted(items)]
-            return response
-    return None  # no terminal event: the stream did not end
+                self.failed = True
+                return
+            if not response.get("output") and self.items:
+                response["output"] = [self.items[i] for i in sorted(self.items)]
+            self.response, self.items = response, {}
+
+    def body(self) -> dict[str, Any] | None:
+        return None if self.failed else self.response  # None: no terminal event
 
 
 def disassemble(doc: dict[str, Any]) -> bytes:
