@@ -30,7 +30,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -38,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import wrk
-from processes import Child, ChildFailed, Children, cpu_busy, free_port
+from processes import Child, ChildFailed, Children, cpu_busy, free_port, measured
 
 HERE = Path(__file__).resolve().parent
 _TICK = float(os.sysconf("SC_CLK_TCK"))
@@ -97,17 +96,9 @@ def main() -> int:
     else:
         settings = Settings(args.duration, 2.0, args.rounds, args.connections)
     out = args.out or HERE / "results" / f"workers-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    with tempfile.TemporaryDirectory(prefix="savepoint-bench-workers-") as tmp:
-        children = Children(Path(tmp))
-        try:
-            result = run(children, Path(tmp), settings)
-        except ChildFailed as e:
-            print(f"bench_workers: {e}", file=sys.stderr)
-            return 1
-        finally:
-            children.stop_all()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    result = measured("bench_workers", lambda children, work: run(children, work, settings), out)
+    if result is None:
+        return 1
     print(table(result))
     print(f"results: {out}")
     for error in result["errors"]:

@@ -9,14 +9,18 @@ process was the bottleneck of a measurement.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 _TICK = float(os.sysconf("SC_CLK_TCK"))
@@ -137,3 +141,23 @@ def cpu_busy() -> list[float]:
             user, nice, system, _idle, _iowait, irq, softirq = map(int, line.split()[1:8])
             busy.append((user + nice + system + irq + softirq) / _TICK)
     return busy
+
+
+def measured(
+    name: str, run: Callable[[Children, Path], dict[str, Any]], out: Path
+) -> dict[str, Any] | None:
+    """Run a measurement in a work directory of its own, stop every child it started (also
+    on an error or Ctrl-C) and write its result as JSON to `out`; None, after saying why on
+    stderr, when a child failed."""
+    with tempfile.TemporaryDirectory(prefix=f"savepoint-{name}-") as tmp:
+        children = Children(Path(tmp))
+        try:
+            result = run(children, Path(tmp))
+        except ChildFailed as e:
+            print(f"{name}: {e}", file=sys.stderr)
+            return None
+        finally:
+            children.stop_all()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    return result

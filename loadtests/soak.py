@@ -37,10 +37,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import json
 import statistics
 import sys
-import tempfile
 import time
 from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
@@ -50,7 +48,7 @@ from typing import Any
 import aiohttp
 import orjson
 import uvloop
-from processes import ChildFailed, Children, free_port
+from processes import ChildFailed, Children, free_port, measured
 
 HERE = Path(__file__).resolve().parent
 KEY = "sk-bench"
@@ -182,17 +180,9 @@ def main() -> int:
     else:
         settings = Settings(args.rate, args.minutes * 60, 5.0, smoke=False)
     out = args.out or HERE / "results" / f"soak-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    with tempfile.TemporaryDirectory(prefix="savepoint-soak-") as tmp:
-        children = Children(Path(tmp))
-        try:
-            result = run(children, Path(tmp), settings)
-        except ChildFailed as e:
-            print(f"soak: {e}", file=sys.stderr)
-            return 1
-        finally:
-            children.stop_all()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    result = measured("soak", lambda children, work: run(children, work, settings), out)
+    if result is None:
+        return 1
     print(table(result))
     print(f"results: {out}")
     for problem in result["problems"]:
