@@ -125,7 +125,7 @@ async def serve_stored(
     headers = {**headers, **SSE_HEADERS}
     if capture is not None:
         capture.status, capture.headers = 200, headers
-        capture.add_run(events)
+        capture.add_stored(events, body)
         capture.complete = True
     await downstream.commit(headers)
     await downstream.write(events)

@@ -46,6 +46,13 @@ class Capture:
             self.assembly = Assembly(self.endpoint)
         self.assembly.add(run)
 
+    def add_stored(self, events: bytes, body: bytes) -> None:
+        """A stored answer served as a stream: its events (for the tee), and the body they
+        were made from, which is what assembling them would give: no need to."""
+        if self.tee is not None:
+            self.tee(self.headers, events)
+        self.assembled = body
+
     def answer(self, cut_short: bool = False) -> bytes | None:
         """The answer in its one stored form (the whole body), if it is complete, successful
         and within the limit; else None: nothing that failed or broke off is ever kept.
