@@ -10,10 +10,12 @@ Policies: `default` (one model, nothing else), `production` (auth with one clien
 response cache on the model, the usage ledger, metrics, the access log, breakers) and
 `limits` (production plus the client's rpm, tpm and a USD budget, with the default loop
 guard riding along); `--store redis` starts a redis-server of its own; `--connections 1`
-measures one request at a time. Prints requests/s and the CPU µs per request of each thread
-of the gateway (from /proc/<pid>/task/*/stat, before and after the load); with `--profile`,
-also runs `py-spy record` on the event-loop thread for as long again and prints the
-functions with the largest inclusive share of its samples. docs/performance.md quotes it.
+measures one request at a time; `--rate R` adds the latency at R requests/s (open loop,
+unique prompts) of the gateway and of the mock called directly, and their difference.
+Prints requests/s and the CPU µs per request of each thread of the gateway (from
+/proc/<pid>/task/*/stat, before and after the load); with `--profile`, also runs
+`py-spy record` on the event-loop thread for as long again and prints the functions with
+the largest inclusive share of its samples. docs/performance.md quotes it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import wrk
 from processes import Children, free_port, pinned
@@ -98,6 +101,21 @@ def inclusive_shares(collapsed: str, top: int, pid: int) -> list[tuple[str, floa
     return [(f, 100 * c / total) for f, c in counts.most_common(top)] if total else []
 
 
+def open_loop(url: str, children: Children, args: argparse.Namespace) -> dict[str, Any]:
+    """bench_replay.py's open-loop client (latency from each request's due time), unique
+    bodies, for `args.seconds` after a second of warm-up."""
+    spec = {"url": url, "rate": args.rate, "duration": args.seconds, "warmup": 1.0,
+            "body": json.dumps(_BODY), "marker": _UNIQUE, "stream": False, "timeout": 10.0,
+            "headers": {"Content-Type": "application/json",
+                        "Authorization": "Bearer sk-bench"}}  # fmt: skip
+    argv = [sys.executable, str(HERE / "bench_replay.py"), "--openloop-child", json.dumps(spec)]
+    out = children.run("openloop", pinned(1, argv), args.seconds + 45)
+    result: dict[str, Any] = json.loads(out)
+    if result.get("errors"):
+        raise SystemExit(f"open loop against {url}: {result['errors']}")
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0] if __doc__ else "")
     parser.add_argument("--policy", choices=sorted(POLICIES), default="production")
@@ -105,6 +123,9 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--store", choices=("sqlite", "redis"), default="sqlite")
     parser.add_argument("--profile", action="store_true", help="py-spy the event loop too")
+    parser.add_argument(
+        "--rate", type=float, help="also latency at this open-loop rate, against a direct call"
+    )
     parser.add_argument("--top", type=int, default=40)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="savepoint-profile-") as work:
@@ -156,6 +177,20 @@ def run(children: Children, work: Path, args: argparse.Namespace) -> int:
         used = after[name] - before.get(name, 0.0)
         if used > 0:
             print(f"| {name} | {1e6 * used / report.requests:,.0f} |")
+    if args.rate:
+        direct = open_loop(f"http://127.0.0.1:{mock_port}/v1/chat/completions", children, args)
+        own = open_loop(url, children, args)
+        print(f"\nlatency at {args.rate:g}/s, open loop, ms (late: the client's own p99 lateness)")
+        print("| | p50 | p99 | late |\n|---|--:|--:|--:|")
+        for name, lat in (("direct", direct), ("gateway", own), ("added", None)):
+            if lat is None:
+                p50 = own["end_ms"]["p50"] - direct["end_ms"]["p50"]
+                p99 = own["end_ms"]["p99"] - direct["end_ms"]["p99"]
+                print(f"| added | {p50:+.2f} | {p99:+.2f} | |")
+            else:
+                late = lat.get("lateness_ms", {}).get("p99", float("nan"))
+                print(f"| {name} | {lat['end_ms']['p50']:.2f} | {lat['end_ms']['p99']:.2f} "
+                      f"| {late:.2f} |")  # fmt: skip
     if args.profile:
         out = work / "profile.txt"
         spy = ["py-spy", "record", "-r", "200", "-d", str(round(args.seconds))]
