@@ -190,6 +190,7 @@ class Gateways:
         self._tmp = tmp
         self.mock = mock
         self._running: dict[tuple[str, tuple[str, ...]], Gateway] = {}
+        self._started: list[Gateway] = []  # shared or not: every one is stopped at the end
 
     def policy_file(self, text: str) -> Path:
         path = self._tmp / f"policy-{abs(hash(text))}.yaml"
@@ -213,6 +214,7 @@ class Gateways:
         proc = Proc(["serve", "--policy", str(path), "--port", str(port), *workers, *args], env=env)
         proc.wait_port(port)
         gateway = Gateway(proc, port)
+        self._started.append(gateway)
         if shared:
             self._running[key] = gateway
         return gateway
@@ -221,12 +223,11 @@ class Gateways:
         return self.start(basic_policy("{mock}", self._tmp / "store.db", extra))
 
     def stop_all(self) -> list[str]:
-        """Stop every shared gateway; returns the event-loop stalls they reported."""
-        stalls = []
-        for gateway in self._running.values():
+        """Stop every gateway still running (a test that started one of its own may have
+        left it); returns the event-loop stalls the shared ones reported."""
+        for gateway in self._started:
             gateway.proc.stop()
-            stalls += gateway.proc.loop_stalls()
-        return stalls
+        return [stall for g in self._running.values() for stall in g.proc.loop_stalls()]
 
 
 @pytest.fixture(scope="session")
