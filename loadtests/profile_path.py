@@ -29,9 +29,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import wrk
+from bench_measure import MARKER, open_loop
+from bench_targets import Target
 from processes import Children, free_port, pinned
 
 HERE = Path(__file__).resolve().parent
@@ -60,7 +61,7 @@ models:
   bench: {targets: [up/mock-gpt], cache: {enabled: true}}
 """,
 }
-_UNIQUE = "@@N@@"
+_UNIQUE = MARKER
 _BODY = {
     "model": "bench",
     "messages": [{"role": "user", "content": f"Say hello to request {_UNIQUE}."}],
@@ -99,21 +100,6 @@ def inclusive_shares(collapsed: str, top: int, pid: int) -> list[tuple[str, floa
         for frame in frames:
             counts[frame] += int(n)
     return [(f, 100 * c / total) for f, c in counts.most_common(top)] if total else []
-
-
-def open_loop(url: str, children: Children, args: argparse.Namespace) -> dict[str, Any]:
-    """bench_replay.py's open-loop client (latency from each request's due time), unique
-    bodies, for `args.seconds` after a second of warm-up."""
-    spec = {"url": url, "rate": args.rate, "duration": args.seconds, "warmup": 1.0,
-            "body": json.dumps(_BODY), "marker": _UNIQUE, "stream": False, "timeout": 10.0,
-            "headers": {"Content-Type": "application/json",
-                        "Authorization": "Bearer sk-bench"}}  # fmt: skip
-    argv = [sys.executable, str(HERE / "bench_replay.py"), "--openloop-child", json.dumps(spec)]
-    out = children.run("openloop", pinned(1, argv), args.seconds + 45)
-    result: dict[str, Any] = json.loads(out)
-    if result.get("errors"):
-        raise SystemExit(f"open loop against {url}: {result['errors']}")
-    return result
 
 
 def main() -> int:
@@ -178,8 +164,16 @@ def run(children: Children, work: Path, args: argparse.Namespace) -> int:
         if used > 0:
             print(f"| {name} | {1e6 * used / report.requests:,.0f} |")
     if args.rate:
-        direct = open_loop(f"http://127.0.0.1:{mock_port}/v1/chat/completions", children, args)
-        own = open_loop(url, children, args)
+        mock_url = f"http://127.0.0.1:{mock_port}"
+        direct, own = (
+            open_loop(children, Target(name, target_url, process, "bench"), body, args.rate,
+                      args.seconds, 1.0, 1, mock_url)
+            for name, target_url, process in (("direct", f"{mock_url}/v1/chat/completions", mock),
+                                              ("gateway", url, gateway))
+        )  # fmt: skip
+        for lat in (direct, own):
+            if lat["errors"]:
+                raise SystemExit(f"open loop: {lat['errors']}")
         print(f"\nlatency at {args.rate:g}/s, open loop, ms (late: the client's own p99 lateness)")
         print("| | p50 | p99 | late |\n|---|--:|--:|--:|")
         for name, lat in (("direct", direct), ("gateway", own), ("added", None)):
