@@ -10,7 +10,9 @@ Policies: `default` (one model, nothing else), `production` (auth with one clien
 response cache on the model, the usage ledger, metrics, the access log, breakers) and
 `limits` (production plus the client's rpm, tpm and a USD budget, with the default loop
 guard riding along); `--store redis` starts a redis-server of its own; `--connections 1`
-measures one request at a time; `--rate R` adds the latency at R requests/s (open loop,
+measures one request at a time; `--baseline` measures the bare pass-through
+(`passthrough.py`) on CPU 0 under the same load after the gateway, and prints the gateway's
+ratios to it (requests/s, CPU per request); `--rate R` adds the latency at R requests/s (open loop,
 unique prompts) of the gateway and of the mock called directly, and their difference.
 Prints requests/s and the CPU µs per request of each thread of the gateway (from
 /proc/<pid>/task/*/stat, before and after the load); with `--profile`, also runs
@@ -28,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import wrk
@@ -102,6 +105,22 @@ def inclusive_shares(collapsed: str, top: int, pid: int) -> list[tuple[str, floa
     return [(f, 100 * c / total) for f, c in counts.most_common(top)] if total else []
 
 
+def _passthrough(
+    children: Children, mock_port: int, seconds: float, load: Callable[..., wrk.WrkReport]
+) -> tuple[wrk.WrkReport, float]:
+    """The bare pass-through on the gateway's CPU, under the same load: (report, CPU s)."""
+    port = free_port()
+    argv = [sys.executable, str(HERE / "passthrough.py"), "--port", str(port),
+            "--upstream", f"http://127.0.0.1:{mock_port}"]  # fmt: skip
+    proxy = children.start("passthrough", pinned(0, argv))
+    proxy.wait_listening(port)
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    load(2, url)
+    before = sum(threads(proxy.pid).values())
+    report = load(seconds, url)
+    return report, sum(threads(proxy.pid).values()) - before
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0] if __doc__ else "")
     parser.add_argument("--policy", choices=sorted(POLICIES), default="production")
@@ -113,6 +132,10 @@ def main() -> int:
         "--rate", type=float, help="also latency at this open-loop rate, against a direct call"
     )
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument(
+        "--baseline", action="store_true",
+        help="also the bare pass-through under the same load, and the gateway's ratio to it",
+    )  # fmt: skip
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="savepoint-profile-") as work:
         children = Children(Path(work))
@@ -143,9 +166,9 @@ def run(children: Children, work: Path, args: argparse.Namespace) -> int:
     body = json.dumps(_BODY)
     env = {"SAVEPOINT_BENCH_BODY": body, "SAVEPOINT_BENCH_UNIQUE": _UNIQUE}
 
-    def load(seconds: float) -> wrk.WrkReport:
+    def load(seconds: float, target: str = url) -> wrk.WrkReport:
         wrk_argv = ["wrk", "-t1", f"-c{args.connections}", f"-d{max(1, round(seconds))}s",
-                    "-s", str(HERE / "replay.lua"), url]  # fmt: skip
+                    "-s", str(HERE / "replay.lua"), target]  # fmt: skip
         return wrk.parse(children.run("wrk", pinned(1, wrk_argv), seconds + 30, env=env))
 
     load(2)  # warm-up: connections, imports, the tokenizer
@@ -163,6 +186,13 @@ def run(children: Children, work: Path, args: argparse.Namespace) -> int:
         used = after[name] - before.get(name, 0.0)
         if used > 0:
             print(f"| {name} | {1e6 * used / report.requests:,.0f} |")
+    if args.baseline:
+        floor, floor_cpu = _passthrough(children, mock_port, args.seconds, load)
+        used = sum(after.values()) - sum(before.values())
+        print(f"pass-through: {floor.rps:,.0f} req/s, {1e6 * floor_cpu / floor.requests:,.0f} "
+              f"CPU µs per request; the gateway: {report.rps / floor.rps:.2f} of its req/s, "
+              f"{used / report.requests / (floor_cpu / floor.requests):.2f} x its CPU per "
+              "request")  # fmt: skip
     if args.rate:
         mock_url = f"http://127.0.0.1:{mock_port}"
         direct, own = (

@@ -11,7 +11,7 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import fields as dataclass_fields
-from typing import Any
+from typing import Any, Final
 
 import yaml
 
@@ -204,12 +204,19 @@ def _providers(ctx: fields.Problems, value: Any) -> tuple[dict[str, ProviderSpec
     return providers, disabled
 
 
+_BREAKS: Final = re.compile("[\r\n\0]")
+_TOKEN: Final = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+
+
 def _headers(ctx: fields.Problems, value: Any, path: Path) -> dict[str, str]:
     headers = {}
     for key, raw in fields.mapping(ctx, value, path).items():
         text = fields.string(ctx, {key: raw}, key, path, None)
         if text is None:
             ctx.problem((*path, key), f"expected a header value (a string), got {fields.show(raw)}")
+        elif _BREAKS.search(key + text) or not _TOKEN.fullmatch(key):
+            ctx.problem((*path, key), "a header name must be letters, digits and -_.!#$%&'*+^`|~, "
+                        "and neither name nor value may hold a line break or NUL")  # fmt: skip
         else:
             headers[key] = text
     return headers
@@ -237,6 +244,12 @@ def _provider_key(
                     f"environment variable {env_name} is not set "
                     "(or mark the provider `optional: true` to start without it)",
                 )
+    if literal and _BREAKS.search(literal):
+        where = f"environment variable {env_name}" if env_name else "api_key"
+        ctx.problem((*path, "api_key_env" if env_name else "api_key"),
+                    f"{where} holds a line break or NUL (a trailing newline from a file?); "
+                    "remove it (the value is not shown)")  # fmt: skip
+        literal = None
     return Secret(literal) if literal else None
 
 

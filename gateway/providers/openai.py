@@ -1,15 +1,15 @@
-"""Any OpenAI-compatible HTTP API, over one pooled keep-alive aiohttp session per provider.
+"""Any OpenAI-compatible HTTP API, over one pool of keep-alive connections per provider.
 
 Owns: the upstream URL and credentials (never sent anywhere else, never logged), the four
-timeouts, SSE framing of streams, and the translation of aiohttp/OS errors into ours.
+timeouts, SSE framing of streams, and the translation of HTTP/OS errors into ours. The
+connections themselves are `providers.http`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-
-import aiohttp
+from urllib.parse import urlsplit
 
 from gateway.config.schema import ProviderSpec
 from gateway.errors import (
@@ -19,6 +19,7 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from gateway.providers import http
 from gateway.providers.base import UpstreamReply, UpstreamRequest
 from gateway.providers.sse import Framer, first_malformed, is_preamble, terminal_end
 
@@ -35,44 +36,28 @@ class OpenAIProvider:
         headers = {"Content-Type": "application/json", **spec.headers}
         if spec.api_key is not None:
             headers["Authorization"] = f"Bearer {spec.api_key.reveal()}"
-        self._headers = headers
+        self._headers = http.header_block(headers)
         # Everything we send that could be a credential: the key, and the configured headers
         # (an Azure `api-key`, an `x-api-key`...). Short values are not secrets worth hiding.
         secrets = [spec.api_key.reveal()] if spec.api_key is not None else []
         secrets += [value for value in spec.headers.values() if len(value) >= 12]
         self._secrets = [s.encode() for s in secrets if s]
-        self._session: aiohttp.ClientSession | None = None
-        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+        self._pool: http.HttpPool | None = None
+        self._path = b""  # the base URL's path, which every endpoint's path follows
 
     async def start(self, base_url: str | None = None) -> None:
         """Open the connection pool; `base_url` overrides the policy's (the in-process mock
         learns its port only once it listens)."""
         if base_url is not None:
             self._base_url = base_url
-        connector = aiohttp.TCPConnector(
-            limit=self._spec.max_connections, ttl_dns_cache=300, enable_cleanup_closed=True
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=None),
-            auto_decompress=True,
-            skip_auto_headers=("User-Agent",),
-        )
+        self._pool = http.HttpPool(self._base_url, self._spec.max_connections)
+        url = urlsplit(self._base_url)
+        self._path = (url.path.rstrip("/") + (f"?{url.query}" if url.query else "")).encode()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    def _connect_timeout(self, seconds: float) -> aiohttp.ClientTimeout:
-        timeout = self._timeouts.get(seconds)
-        if timeout is None:
-            timeout = aiohttp.ClientTimeout(total=None, sock_connect=seconds)
-            # One per configured value, reused; values cut short by a deadline differ for
-            # every request and are not kept (the cache would grow without bound).
-            if len(self._timeouts) < 16:
-                self._timeouts[seconds] = timeout
-        return timeout
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
 
     def scrub(self, body: bytes) -> bytes:
         """An upstream error body with our credentials blanked out, should it echo them."""
@@ -82,25 +67,23 @@ class OpenAIProvider:
         return body
 
     async def send(self, request: UpstreamRequest) -> UpstreamReply:
-        assert self._session is not None, "provider used before start()"
+        assert self._pool is not None, "provider used before start()"
         t = request.timeouts
         loop = asyncio.get_running_loop()
         started = loop.time()  # deadlines are in the loop's clock: no conversions per read
         deadline = started + t.total
         first_byte_by = min(deadline, started + t.first_byte) if request.stream else deadline
-        headers = {**self._headers, "X-Client-Request-Id": request.request_id}
-        if request.stream:
-            headers["Accept"] = "text/event-stream"
-        response: aiohttp.ClientResponse | None = None
+        headers = b"%sX-Client-Request-Id: %s\r\n%s" % (
+            self._headers,
+            request.request_id.encode(),
+            b"Accept: text/event-stream\r\n" if request.stream else b"",
+        )
+        target = self._path + request.endpoint.path.encode()
+        response: http.HttpResponse | None = None
         stream: _Stream | None = None
         try:
             async with asyncio.timeout_at(first_byte_by):
-                response = await self._session.post(
-                    self._base_url + request.endpoint.path,
-                    data=request.body,
-                    headers=headers,
-                    timeout=self._connect_timeout(t.connect),
-                )
+                response = await self._pool.post(target, headers, request.body, t.connect)
                 passed = _passed_headers(response.headers)
                 if not request.stream or response.status != 200:
                     body = await response.read()
@@ -131,8 +114,7 @@ class OpenAIProvider:
                         f"provider `{self.name}` ended the stream with no event"
                     )
                 return UpstreamReply(200, passed, first_run=first, events=stream)
-        # aiohttp's connect timeout is a TimeoutError too: match ClientError first
-        except aiohttp.ClientError as e:
+        except http.HttpError as e:
             _close(response, stream)
             raise _translate(self.name, e, t.connect) from None
         except TimeoutError:
@@ -165,7 +147,7 @@ class _Stream:
     def __init__(
         self,
         provider: str,
-        response: aiohttp.ClientResponse,
+        response: http.HttpResponse,
         typed: bool,
         idle: float,
         deadline: float,
@@ -204,8 +186,8 @@ class _Stream:
             if self._abort is not None:
                 raise self._abort
             try:
-                data = await self._response.content.readany()
-            except aiohttp.ClientError as e:
+                data = await self._response.readany()
+            except http.HttpError as e:
                 self.close()
                 if self._abort is not None:
                     raise self._abort from None
@@ -262,28 +244,31 @@ def _passed_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return {name: value for name in _PASSED_HEADERS if (value := headers.get(name)) is not None}
 
 
-def _close(response: aiohttp.ClientResponse | None, stream: _Stream | None) -> None:
+def _close(response: http.HttpResponse | None, stream: _Stream | None) -> None:
     if stream is not None:
         stream.close()  # its watchdog too
     elif response is not None:
         response.close()
 
 
-def _translate(provider: str, error: aiohttp.ClientError, connect_timeout: float) -> UpstreamError:
-    if isinstance(error, aiohttp.ConnectionTimeoutError):
+def _translate(provider: str, error: http.HttpError, connect_timeout: float) -> UpstreamError:
+    if isinstance(error, http.ConnectTimedOut):
         return UpstreamTimeout(
             f"could not connect to provider `{provider}` within {connect_timeout:g}s "
             "(timeouts.connect)",
             code="connect_timeout",
         )
-    if isinstance(error, aiohttp.ClientConnectorError):
+    if isinstance(error, http.ConnectFailed):
         return UpstreamUnreachable(
             f"cannot connect to provider `{provider}` at {error.host}:{error.port}: "
-            f"{error.os_error.strerror or type(error.os_error).__name__}"
+            f"{error.error.strerror or type(error.error).__name__}"
         )
-    if isinstance(error, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+    if isinstance(error, http.Disconnected):
         return UpstreamBadResponse(
             f"provider `{provider}` closed the connection before the answer was complete",
             code="upstream_disconnected",
         )
-    return UpstreamUnreachable(f"provider `{provider}` failed: {type(error).__name__}")
+    return UpstreamBadResponse(
+        f"provider `{provider}` sent an answer that is not valid HTTP: {error}",
+        code="upstream_bad_response",
+    )

@@ -283,7 +283,12 @@ class Dispatcher:
         if isinstance(step, RetrySame):
             self._health.begin_retry(label)  # until the retry has run (see dispatch)
             walk.retrying, walk.force = label, target
+            # by time.monotonic, the deployment's cooldown clock: uvloop's timers run on a
+            # clock read at the start of each loop iteration, and may fire a few ms early
+            until = time.monotonic() + step.delay
             await asyncio.sleep(step.delay)
+            if (left := until - time.monotonic()) > 0:
+                await asyncio.sleep(left + 0.001)
         elif isinstance(step, NextGroup):
             walk.group, walk.excluded = step.index, set()
         else:  # SwitchTarget

@@ -266,3 +266,20 @@ def test_invalid_yaml_is_reported_with_its_line() -> None:
     problems = _problems("models:\n  m: [unclosed\n")
     assert problems[0].startswith("3:") or problems[0].startswith("2:")
     assert "not valid YAML" in problems[0]
+
+
+def test_a_header_or_key_that_would_break_the_request_line_is_refused() -> None:
+    evil = 'kind: openai\n    headers: {x-team: "a\\r\\nX-Evil: 1"}'
+    headers = BASE.replace("kind: openai", evil)
+    assert _problems(headers) == [
+        "6: providers.up.headers.x-team: a header name must be letters, digits and "
+        "-_.!#$%&'*+^`|~, and neither name nor value may hold a line break or NUL"
+    ]
+    key = BASE.replace("kind: openai", "kind: openai\n    api_key_env: UP_KEY")
+    problems = _problems(key, {"UP_KEY": "sk-live-123\n"})
+    assert any(
+        "environment variable UP_KEY holds a line break or NUL (a trailing newline from a file?)"
+        in p
+        and "sk-live" not in p
+        for p in problems
+    )
