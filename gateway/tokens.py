@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import importlib.resources
 import math
@@ -178,6 +179,7 @@ class Tokenizer:
 # Loading ------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=256)  # tiktoken scans its prefix table and raises for most names
 def _encoding(model: str) -> str:
     try:
         return str(tiktoken.model.encoding_name_for_model(model))

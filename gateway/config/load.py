@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import fields as dataclass_fields
 from typing import Any, Final
+from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
@@ -156,6 +157,9 @@ def _store(ctx: fields.Problems, value: Any) -> StoreSpec:
         ctx.problem(
             (*path, "url"), f"expected a redis://, rediss:// or unix:// URL, got {fields.show(url)}"
         )
+    elif set(parse_qs(urlsplit(url).query)) - {"db"}:
+        ctx.problem((*path, "url"), "the URL's query may set only db (redis://host:6379?db=1); "
+                    "other client options are not read")  # fmt: skip
     return StoreSpec(kind=kind, path=fields.string(ctx, m, "path", path, d.path) or d.path, url=url)  # type: ignore[arg-type]
 
 

@@ -1,7 +1,10 @@
-"""The shared store for many replicas: Redis through redis.asyncio (hiredis parser, pooled).
+"""The shared store for many replicas: Redis.
 
-Every operation is one round trip. Key names carry a hash tag, so keys that one operation
-touches together live in one Redis Cluster slot:
+The request path's commands (cache and journal reads, every script: limits, cache puts,
+idempotency, runs, ejections) go through `stores.resp`, one connection on which they
+pipeline; the rest (multi-command transactions, the ledger, reports) through redis.asyncio's
+pool (hiredis parser). Every operation is one round trip. Key names carry a hash tag, so keys
+that one operation touches together live in one Redis Cluster slot:
 
 - `sp:{ejections}:<target>`: a breaker ejection, expiring with it.
 - `sp:{cache:<group>}:<key>`: a cached value (bytes), with its TTL.
@@ -56,6 +59,7 @@ from gateway.decide.ledger import DayKey
 from gateway.decide.limits import Kind, Quota, Rate, Slots, Status, Verdict
 from gateway.stores import redis_usage
 from gateway.stores.base import IdemRecord, StoreUnavailable
+from gateway.stores.resp import Address, RespClient, Script
 
 # KEYS[1] value key, KEYS[2] the group's index; ARGV value, ttl (ms), max_entries.
 #
@@ -402,16 +406,25 @@ end
 )
 
 
+_SCRIPTS = {
+    name: Script(source)
+    for name, source in (
+        ("cache_put", _CACHE_PUT), ("eject", _EJECT), ("journal_put", _JOURNAL_PUT),
+        ("journal_drop", _JOURNAL_DROP), ("claim", _IDEM_CLAIM), ("read", _IDEM_READ),
+        ("write", _IDEM_WRITE), ("end", _IDEM_END), ("admit", _LIMITS_ADMIT),
+        ("settle", _LIMITS_SETTLE),
+    )
+}  # fmt: skip
+
+
 class RedisStore:
     def __init__(self, url: str):
         self._url = url
+        self._address = Address.parse(url)
+        if self._address is None:
+            raise ValueError(f"not a Redis URL this store reads: {_without_password(url)}")
         self._client: aioredis.Redis | None = None
-        self._cache_put: AsyncScript | None = None
-        self._eject: AsyncScript | None = None
-        self._journal_put: AsyncScript | None = None
-        self._journal_drop: AsyncScript | None = None
-        self._idem: dict[str, AsyncScript] = {}
-        self._limits: dict[str, AsyncScript] = {}
+        self._fast: RespClient | None = None
         self._usage_append: AsyncScript | None = None
 
     def describe(self) -> str:
@@ -429,35 +442,18 @@ class RedisStore:
             health_check_interval=30,
         )
         self._client = aioredis.Redis(connection_pool=pool)
-        # connects lazily: a Redis that is down at start is reported by /readyz, not fatal
+        # both connect lazily: a Redis that is down at start is reported by /readyz, not fatal
+        assert self._address is not None
+        self._fast = RespClient(self._address, _without_password(self._url), timeout=2.0)
         # EVALSHA, loading the script on the first NOSCRIPT (a new or restarted server)
-        self._cache_put = self._client.register_script(_CACHE_PUT)
-        self._eject = self._client.register_script(_EJECT)
-        self._journal_put = self._client.register_script(_JOURNAL_PUT)
-        self._journal_drop = self._client.register_script(_JOURNAL_DROP)
-        self._idem = {
-            name: self._client.register_script(source)
-            for name, source in (("claim", _IDEM_CLAIM), ("read", _IDEM_READ),
-                                 ("write", _IDEM_WRITE), ("end", _IDEM_END))
-        }  # fmt: skip
-        self._limits = {
-            "admit": self._client.register_script(_LIMITS_ADMIT),
-            "settle": self._client.register_script(_LIMITS_SETTLE),
-        }
         self._usage_append = self._client.register_script(redis_usage.APPEND)
 
     async def ping(self) -> None:
-        client = self._open_client()
-        with self._translated():
-            await client.ping()
+        await self._open_fast().call("PING")
 
     async def eject(self, target: str, seconds: float) -> None:
-        script = self._eject
-        if script is None:
-            raise StoreUnavailable("the Redis store is not open")
-        with self._translated():
-            ms = max(1, int(seconds * 1000))
-            await script(keys=[_ejection_key(target)], args=[ms, repr(time.time())])
+        ms = max(1, int(seconds * 1000))
+        await self._run("eject", [_ejection_key(target)], [ms, repr(time.time())])
 
     async def ejections(self, targets: Sequence[str], since: float) -> dict[str, float]:
         if not targets:
@@ -477,21 +473,15 @@ class RedisStore:
         return found
 
     async def cache_get(self, key: str, group: str) -> bytes | None:
-        client = self._open_client()
-        with self._translated():
-            value = await client.get(_cache_key(group, key))
+        value = await self._open_fast().call("GET", _cache_key(group, key))
         assert value is None or isinstance(value, bytes)  # the client does not decode
         return value
 
     async def cache_put(
         self, key: str, value: bytes, ttl: float, group: str, max_entries: int
     ) -> None:
-        script = self._cache_put
-        if script is None:
-            raise StoreUnavailable("the Redis store is not open")
         keys = [_cache_key(group, key), _cache_index(group)]
-        with self._translated():
-            await script(keys=keys, args=[value, max(1, int(ttl * 1000)), max_entries])
+        await self._run("cache_put", keys, [value, max(1, int(ttl * 1000)), max_entries])
 
     async def cache_delete(self, key: str, group: str) -> None:
         client = self._open_client()
@@ -503,17 +493,13 @@ class RedisStore:
                 await pipe.execute()
 
     async def journal_get(self, run: str, step: str) -> bytes | None:
-        client = self._open_client()
-        with self._translated():
-            value = await client.get(_run_key(run, f"step:{step}"))
+        value = await self._open_fast().call("GET", _run_key(run, f"step:{step}"))
         assert value is None or isinstance(value, bytes)
         return value
 
     async def journal_put(self, run: str, step: str, value: bytes, meta: bytes, ttl: float) -> None:
-        script = self._open_script(self._journal_put)
         keys = [_run_key(run, f"step:{step}"), *_run_keys(run)]
-        with self._translated():
-            await script(keys=keys, args=[value, meta, max(1, int(ttl * 1000))])
+        await self._run("journal_put", keys, [value, meta, max(1, int(ttl * 1000))])
 
     async def journal_steps(self, run: str) -> list[bytes]:
         client = self._open_client()
@@ -532,11 +518,8 @@ class RedisStore:
         return int(count)
 
     async def journal_drop(self, run: str) -> int:
-        script = self._open_script(self._journal_drop)
         steps, stepkeys, counters = _run_keys(run)
-        with self._translated():
-            dropped = await script(keys=[stepkeys, steps, counters])
-        return int(dropped)
+        return int(await self._run("journal_drop", [stepkeys, steps, counters], []))
 
     async def idem_claim(
         self, key: str, fingerprint: str, owner: str, lease: float, ttl: float
@@ -595,7 +578,6 @@ class RedisStore:
         limits.check_distinct(rates, slots, quotas)
         if not (rates or slots or quotas):
             return Verdict(True, ())
-        script = self._open_script(self._limits.get("admit"))
         keys = [
             *(_limit_key("rate", r.key) for r in rates),
             *(_limit_key("slots", s.key) for s in slots),
@@ -612,8 +594,7 @@ class RedisStore:
                 repr(float(quota.cost)),
                 repr(float(quota.expires_ms)),
             ]
-        with self._translated():
-            reply = await script(keys=keys, args=args)
+        reply = await self._run("admit", keys, args)
         allowed, blocked, exceeds, retry, *numbers = (float(x) for x in reply)
         given = [(r.key, Kind.RATE, r.per_minute) for r in rates]
         given += [(s.key, Kind.SLOTS, s.limit) for s in slots]
@@ -648,7 +629,6 @@ class RedisStore:
         limits.check_distinct(rates, slots, quotas)
         if not (rates or slots or quotas):
             return
-        script = self._open_script(self._limits.get("settle"))
         keys = [
             *(_limit_key("rate", r.key) for r in rates),
             *(_limit_key("quota", q.key) for q in quotas),
@@ -659,8 +639,7 @@ class RedisStore:
             args += [repr(float(rate.per_minute)), repr(float(rate.cost))]
         for quota in quotas:
             args += [repr(float(quota.cost)), repr(float(quota.expires_ms))]
-        with self._translated():
-            await script(keys=keys, args=args)
+        await self._run("settle", keys, args)
 
     async def usage_append(
         self,
@@ -687,9 +666,15 @@ class RedisStore:
             return await redis_usage.daily_rows(client, first, last)
 
     async def _idem_call(self, name: str, key: str, args: list[Any]) -> Any:
-        script = self._open_script(self._idem.get(name))
-        with self._translated():
-            return await script(keys=[f"sp:{{idem:{key}}}", f"sp:{{idem:{key}}}:log"], args=args)
+        return await self._run(name, [f"sp:{{idem:{key}}}", f"sp:{{idem:{key}}}:log"], args)
+
+    async def _run(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return await self._open_fast().run(_SCRIPTS[script], keys, args)
+
+    def _open_fast(self) -> RespClient:
+        if self._fast is None:
+            raise StoreUnavailable("the Redis store is not open")
+        return self._fast
 
     def _open_script(self, script: AsyncScript | None) -> AsyncScript:
         if script is None:
@@ -709,15 +694,12 @@ class RedisStore:
             raise StoreUnavailable(f"Redis at {_without_password(self._url)}: {e}") from None
 
     async def close(self) -> None:
+        if self._fast is not None:
+            await self._fast.close()
+            self._fast = None
         if self._client is not None:
             await self._client.aclose()
             self._client = None
-            self._cache_put = None
-            self._eject = None
-            self._journal_put = None
-            self._journal_drop = None
-            self._idem = {}
-            self._limits = {}
             self._usage_append = None
 
 

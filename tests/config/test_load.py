@@ -283,3 +283,12 @@ def test_a_header_or_key_that_would_break_the_request_line_is_refused() -> None:
         and "sk-live" not in p
         for p in problems
     )
+
+
+def test_a_redis_url_may_set_only_the_database_in_its_query() -> None:
+    store = "store: {kind: redis, url: 'redis://:secret@r:6379/0?socket_timeout=5'}\n"
+    assert _problems(BASE + store) == [
+        "10: store.url: the URL's query may set only db (redis://host:6379?db=1); other client "
+        "options are not read"
+    ]
+    assert _parse(BASE + "store: {kind: redis, url: 'redis://r:6379?db=2'}\n").store.kind == "redis"
