@@ -10,14 +10,17 @@ Policies: `default` (one model, nothing else), `production` (auth with one clien
 response cache on the model, the usage ledger, metrics, the access log, breakers) and
 `limits` (production plus the client's rpm, tpm and a USD budget, with the default loop
 guard riding along); `--store redis` starts a redis-server of its own; `--connections 1`
-measures one request at a time; `--baseline` measures the bare pass-through
+measures one request at a time; `--stream` sends streams of 40 chunks (and `--rate` then
+measures the first byte); `--baseline` measures the bare pass-through
 (`passthrough.py`) on CPU 0 under the same load after the gateway, and prints the gateway's
 ratios to it (requests/s, CPU per request); `--rate R` adds the latency at R requests/s (open loop,
 unique prompts) of the gateway and of the mock called directly, and their difference.
 Prints requests/s and the CPU µs per request of each thread of the gateway (from
 /proc/<pid>/task/*/stat, before and after the load); with `--profile`, also runs
 `py-spy record` on the event-loop thread for as long again and prints the functions with
-the largest inclusive share of its samples. docs/performance.md quotes it.
+the largest inclusive share of its samples, then each sample charged to the innermost
+gateway function on its stack (the gateway's own code and the library calls it makes).
+docs/performance.md quotes it.
 """
 
 from __future__ import annotations
@@ -121,6 +124,30 @@ def _passthrough(
     return report, sum(threads(proxy.pid).values()) - before
 
 
+def own_shares(collapsed: str, top: int, pid: int) -> list[tuple[str, float]]:
+    """py-spy's collapsed stacks -> each sample charged to the innermost gateway function on
+    its stack (what it does itself, plus the library code it calls that is not the gateway's
+    again): where the gateway's own time goes. Samples with no gateway frame are aiohttp's
+    server and the event loop, under `(server and loop)`."""
+    total = 0
+    counts: collections.Counter[str] = collections.Counter()
+    for line in collapsed.splitlines():
+        stack, _, n = line.rpartition(" ")
+        root, _, rest = stack.partition(";")
+        if not n.isdigit() or (f"tid: {pid})" not in root and f"({pid})" not in root):
+            continue
+        total += int(n)
+        owner = "(server and loop)"
+        for frame in reversed(rest.split(";")):
+            function, _, where = frame.partition(" (")
+            path = where.partition(":")[0]
+            if path.startswith("gateway/") and not path.startswith("gateway/cli.py"):
+                owner = f"{function} ({path})"
+                break
+        counts[owner] += int(n)
+    return [(f, 100 * c / total) for f, c in counts.most_common(top)] if total else []
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0] if __doc__ else "")
     parser.add_argument("--policy", choices=sorted(POLICIES), default="production")
@@ -132,6 +159,7 @@ def main() -> int:
         "--rate", type=float, help="also latency at this open-loop rate, against a direct call"
     )
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--stream", action="store_true", help="streams of 40 chunks instead")
     parser.add_argument(
         "--baseline", action="store_true",
         help="also the bare pass-through under the same load, and the gateway's ratio to it",
@@ -154,8 +182,9 @@ def run(children: Children, work: Path, args: argparse.Namespace) -> int:
         redis_argv += ["--save", "", "--appendonly", "no"]
         children.start("redis", pinned(1, redis_argv)).wait_listening(redis_port)
         store = f"{{kind: redis, url: 'redis://127.0.0.1:{redis_port}/0'}}"
-    mock = children.start("mock", pinned(1, [sys.executable, "-m", "gateway", "mock",
-                                             "--port", str(mock_port)]))  # fmt: skip
+    mock_argv = [sys.executable, "-m", "gateway", "mock", "--port", str(mock_port)]
+    mock_argv += ["--chunks", "40"]
+    mock = children.start("mock", pinned(1, mock_argv))
     policy = work / "policy.yaml"
     policy.write_text(_BASE.format(store=store, mock=mock_port) + POLICIES[args.policy])
     argv = [sys.executable, "-m", "gateway", "serve", "--policy", str(policy)]
@@ -163,7 +192,8 @@ def run(children: Children, work: Path, args: argparse.Namespace) -> int:
     mock.wait_listening(mock_port)
     gateway.wait_listening(port)
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
-    body = json.dumps(_BODY)
+    body = json.dumps({**_BODY, "stream": True} if args.stream else _BODY)
+    measured = "first_byte_ms" if args.stream else "end_ms"
     env = {"SAVEPOINT_BENCH_BODY": body, "SAVEPOINT_BENCH_UNIQUE": _UNIQUE}
 
     def load(seconds: float, target: str = url) -> wrk.WrkReport:
@@ -204,17 +234,19 @@ def run(children: Children, work: Path, args: argparse.Namespace) -> int:
         for lat in (direct, own):
             if lat["errors"]:
                 raise SystemExit(f"open loop: {lat['errors']}")
-        print(f"\nlatency at {args.rate:g}/s, open loop, ms (late: the client's own p99 lateness)")
-        print("| | p50 | p99 | late |\n|---|--:|--:|--:|")
+        what = "first byte" if args.stream else "last byte"
+        print(f"\nlatency at {args.rate:g}/s, open loop, ms to the {what} (late: the client's "
+              "own p99 lateness)")  # fmt: skip
+        print("| | p50 | p99 | late | CPU µs per request |\n|---|--:|--:|--:|--:|")
         for name, lat in (("direct", direct), ("gateway", own), ("added", None)):
             if lat is None:
-                p50 = own["end_ms"]["p50"] - direct["end_ms"]["p50"]
-                p99 = own["end_ms"]["p99"] - direct["end_ms"]["p99"]
-                print(f"| added | {p50:+.2f} | {p99:+.2f} | |")
+                p50 = own[measured]["p50"] - direct[measured]["p50"]
+                p99 = own[measured]["p99"] - direct[measured]["p99"]
+                print(f"| added | {p50:+.2f} | {p99:+.2f} | | |")
             else:
                 late = lat.get("lateness_ms", {}).get("p99", float("nan"))
-                print(f"| {name} | {lat['end_ms']['p50']:.2f} | {lat['end_ms']['p99']:.2f} "
-                      f"| {late:.2f} |")  # fmt: skip
+                print(f"| {name} | {lat[measured]['p50']:.2f} | {lat[measured]['p99']:.2f} "
+                      f"| {late:.2f} | {lat['cpu_us_per_request']:,.0f} |")  # fmt: skip
     if args.profile:
         out = work / "profile.txt"
         spy = ["py-spy", "record", "-r", "200", "-d", str(round(args.seconds))]
@@ -224,8 +256,12 @@ def run(children: Children, work: Path, args: argparse.Namespace) -> int:
         time.sleep(0.5)
         load(args.seconds)
         spying.wait(timeout=args.seconds + 30)
+        collapsed = out.read_text()
         print("\n| function (inclusive) | share of samples |\n|---|---:|")
-        for frame, share in inclusive_shares(out.read_text(), args.top, gateway.pid):
+        for frame, share in inclusive_shares(collapsed, args.top, gateway.pid):
+            print(f"| {frame} | {share:.1f}% |")
+        print("\n| innermost gateway function | share of samples |\n|---|---:|")
+        for frame, share in own_shares(collapsed, args.top, gateway.pid):
             print(f"| {frame} | {share:.1f}% |")
     return 0
 
