@@ -457,6 +457,25 @@ def test_sqlite_purges_idle_limit_rows_on_admission_once_a_second(tmp_path: Path
     assert rows["limit_slots"] == [] and rows["limit_quotas"] == []
 
 
+def test_sqlite_purge_keeps_up_with_a_row_per_request(tmp_path: Path) -> None:
+    """The loop guard leaves a quota row per distinct request: thousands a second under load,
+    all idle a window later. One purge a second must take them all, not a hundred."""
+    path = tmp_path / "sp.db"
+
+    async def body(s: Store) -> None:
+        ends = now_ms() + 50
+        quotas = [Quota(new_key(f"g{i}"), 10, 1, ends) for i in range(5000)]
+        assert (await s.limits_admit([], [], quotas, "r", LEASE)).allowed
+        await asyncio.sleep(1.1)
+        assert (await s.limits_admit([Rate(new_key("busy"), 60, 1)], [], [], "r", LEASE)).allowed
+
+    with_open(SqliteStore(str(path)), body)
+    db = sqlite3.connect(path)
+    (left,) = db.execute("SELECT count(*) FROM limit_quotas").fetchone()
+    db.close()
+    assert left == 0
+
+
 def test_sqlite_limits_survive_a_close_and_reopen(tmp_path: Path) -> None:
     path = str(tmp_path / "sp.db")
     rpm = Rate(new_key("rpm"), 60, 30)
