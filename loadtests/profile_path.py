@@ -124,6 +124,9 @@ def _passthrough(
     return report, sum(threads(proxy.pid).values()) - before
 
 
+_ENTRY = ("gateway/cli.py", "gateway/__main__.py")  # the process's frames, under every request
+
+
 def own_shares(collapsed: str, top: int, pid: int) -> list[tuple[str, float]]:
     """py-spy's collapsed stacks -> each sample charged to the innermost gateway function on
     its stack (what it does itself, plus the library code it calls that is not the gateway's
@@ -141,7 +144,7 @@ def own_shares(collapsed: str, top: int, pid: int) -> list[tuple[str, float]]:
         for frame in reversed(rest.split(";")):
             function, _, where = frame.partition(" (")
             path = where.partition(":")[0]
-            if path.startswith("gateway/") and not path.startswith("gateway/cli.py"):
+            if path.startswith("gateway/") and path not in _ENTRY:
                 owner = f"{function} ({path})"
                 break
         counts[owner] += int(n)

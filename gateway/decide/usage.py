@@ -17,7 +17,12 @@ def without_usage_chunk(run: bytes) -> bytes:
         return run
     kept = []
     for event in run.split(b"\n\n"):
-        if event.startswith(b"data:") and b'"usage"' in event and _is_usage_chunk(event[5:]):
+        # only an event with a usage object may be it (the others say "usage":null, or nothing)
+        if (
+            event.startswith(b"data:")
+            and (b'"usage":{' in event or b'"usage": {' in event)
+            and _is_usage_chunk(event[5:])
+        ):
             continue
         kept.append(event)
     return b"\n\n".join(kept)

@@ -23,6 +23,9 @@ def read_events(stream: bytes) -> list[tuple[str, bytes]]:
         stream = stream.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
     found = []
     for block in stream.split(b"\n\n")[:-1]:
+        if block.startswith(b"data: ") and b"\n" not in block:  # most events: one data line
+            found.append(("", block[6:]))
+            continue
         name, data = "", []
         for line in block.split(b"\n"):
             field, _, value = line.partition(b":")
