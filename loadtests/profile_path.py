@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import wrk
@@ -88,24 +88,31 @@ def threads(pid: int) -> dict[str, float]:
     return out
 
 
-def inclusive_shares(collapsed: str, top: int, pid: int) -> list[tuple[str, float]]:
-    """py-spy's collapsed stacks (`--threads`) -> the functions with the largest share of the
-    event loop's samples that have them anywhere on the stack."""
-    total = 0
-    counts: collections.Counter[str] = collections.Counter()
+def _loop_samples(collapsed: str, pid: int) -> Iterator[tuple[list[tuple[str, str]], int]]:
+    """py-spy's collapsed stacks (`--threads`) -> the event loop's: ((function, file) from the
+    outermost frame in, sample count)."""
     for line in collapsed.splitlines():
         stack, _, n = line.rpartition(" ")
         root, _, rest = stack.partition(";")
         if not n.isdigit() or (f"tid: {pid})" not in root and f"({pid})" not in root):
             continue
-        total += int(n)
-        frames = set()
+        frames = []
         for frame in rest.split(";"):
             function, _, where = frame.partition(" (")
-            frames.add(f"{function} ({where.partition(':')[0]})")
-        for frame in frames:
-            counts[frame] += int(n)
-    return [(f, 100 * c / total) for f, c in counts.most_common(top)] if total else []
+            frames.append((function, where.partition(":")[0]))
+        yield frames, int(n)
+
+
+def inclusive_shares(collapsed: str, top: int, pid: int) -> list[tuple[str, float]]:
+    """The functions with the largest share of the event loop's samples that have them
+    anywhere on the stack."""
+    counts: collections.Counter[str] = collections.Counter()
+    samples = 0
+    for frames, n in _loop_samples(collapsed, pid):
+        samples += n
+        for frame in {f"{function} ({path})" for function, path in frames}:
+            counts[frame] += n
+    return [(f, 100 * c / samples) for f, c in counts.most_common(top)] if samples else []
 
 
 def _passthrough(
@@ -128,26 +135,17 @@ _ENTRY = ("gateway/cli.py", "gateway/__main__.py")  # the process's frames, unde
 
 
 def own_shares(collapsed: str, top: int, pid: int) -> list[tuple[str, float]]:
-    """py-spy's collapsed stacks -> each sample charged to the innermost gateway function on
-    its stack (what it does itself, plus the library code it calls that is not the gateway's
+    """Each of the event loop's samples charged to the innermost gateway function on its
+    stack (what it does itself, plus the library code it calls that is not the gateway's
     again): where the gateway's own time goes. Samples with no gateway frame are aiohttp's
     server and the event loop, under `(server and loop)`."""
-    total = 0
     counts: collections.Counter[str] = collections.Counter()
-    for line in collapsed.splitlines():
-        stack, _, n = line.rpartition(" ")
-        root, _, rest = stack.partition(";")
-        if not n.isdigit() or (f"tid: {pid})" not in root and f"({pid})" not in root):
-            continue
-        total += int(n)
-        owner = "(server and loop)"
-        for frame in reversed(rest.split(";")):
-            function, _, where = frame.partition(" (")
-            path = where.partition(":")[0]
-            if path.startswith("gateway/") and path not in _ENTRY:
-                owner = f"{function} ({path})"
-                break
-        counts[owner] += int(n)
+    for frames, n in _loop_samples(collapsed, pid):
+        owner = next((f"{function} ({path})" for function, path in reversed(frames)
+                      if path.startswith("gateway/") and path not in _ENTRY),
+                     "(server and loop)")  # fmt: skip
+        counts[owner] += n
+    total = counts.total()
     return [(f, 100 * c / total) for f, c in counts.most_common(top)] if total else []
 
 
