@@ -90,33 +90,30 @@ class RespClient:
     async def call(self, *args: Arg) -> Any:
         """One command's reply; StoreUnavailable if Redis cannot be reached or answers an
         error."""
-        connection = self._connection
-        if connection is None or connection.closed:
-            connection = await self._connect()
-        reply = await connection.send(args)
-        if isinstance(reply, hiredis.ReplyError):
-            raise StoreUnavailable(f"Redis at {self._describe}: {reply}")
-        return reply
+        return self._checked(await (await self._connected()).send(args))
 
     async def run(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
         """A script's reply (EVALSHA, or EVAL the first time this server sees it)."""
-        connection = self._connection
-        if connection is None or connection.closed:
-            connection = await self._connect()
+        connection = await self._connected()
         reply = await connection.send(("EVALSHA", script.sha, len(keys), *keys, *args))
         if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
             reply = await connection.send(("EVAL", script.source, len(keys), *keys, *args))
-        if isinstance(reply, hiredis.ReplyError):
-            raise StoreUnavailable(f"Redis at {self._describe}: {reply}")
-        return reply
+        return self._checked(reply)
 
     async def close(self) -> None:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
 
-    async def _connect(self) -> _Connection:
-        """The connection, opened once however many calls are waiting for it."""
+    def _checked(self, reply: Any) -> Any:
+        if isinstance(reply, hiredis.ReplyError):
+            raise StoreUnavailable(f"Redis at {self._describe}: {reply}")
+        return reply
+
+    async def _connected(self) -> _Connection:
+        """The connection, (re)opened once however many calls are waiting for it."""
+        if self._connection is not None and not self._connection.closed:
+            return self._connection
         if self._connecting is None:
             self._connecting = asyncio.get_running_loop().create_future()
             opening = asyncio.ensure_future(self._open())

@@ -26,7 +26,7 @@ operations and cache puts) that arrive while one transaction runs share the next
 commit): one after the other, each in a savepoint of its own (its failure is its own) and
 seeing what the one before it wrote, so a burst pays for one commit and one hop to the
 writer thread. Idle rows (a full bucket, a lapsed lease, an ended period) are ignored by the
-decision and purged a bounded batch per table at most once a second.
+decision and purged at most once a second, in bounded batches while they come back full.
 """
 
 from __future__ import annotations
@@ -52,7 +52,6 @@ from gateway.stores.sqlite_keys import CacheKeys
 
 T = TypeVar("T")
 
-# How many expired cache rows one put deletes at most.
 _PURGE_BATCH = 100  # expired rows a journal put or an idempotency claim deletes on its way
 _IDLE_BATCH = 1000  # idle limits rows and expired cache rows the purge deletes at a time...
 _IDLE_BATCHES = 20  # ...and at most this many batches of each, once a second
@@ -481,18 +480,19 @@ class SqliteStore:
         return cast(T, await done)
 
     def _commit_soon(self) -> None:
+        self._drop_lazy()
+        if self._group_commits is None or self._group_commits.done():
+            self._group_commits = asyncio.get_running_loop().create_task(self._commit_group())
+
+    def _drop_lazy(self) -> None:
         if self._lazy is not None:
             self._lazy.cancel()
             self._lazy = None
-        if self._group_commits is None or self._group_commits.done():
-            self._group_commits = asyncio.get_running_loop().create_task(self._commit_group())
 
     async def _commit_group(self) -> None:
         while self._group:
             batch, self._group = self._group, []
-            if self._lazy is not None:  # its writes are in this batch
-                self._lazy.cancel()
-                self._lazy = None
+            self._drop_lazy()  # its writes are in this batch
             try:
                 results = await self._run(partial(self._apply_group, [op for op, _ in batch]))
             except Exception as e:  # the whole transaction: every write in it failed
