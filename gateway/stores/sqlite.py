@@ -1,5 +1,6 @@
-"""The embedded store: one SQLite file in WAL mode, used only from two worker threads (one
-writes, one reads, so reads never queue behind writes and their checkpoints).
+"""The embedded store: one SQLite file in WAL mode, used only from worker threads: one writes,
+one reads (so reads never queue behind writes), and one checkpoints the WAL every second
+(`sqlite_checkpoint.py`), so that writes never wait for a checkpoint's disk syncs.
 
 The response cache is one table keyed by (group, key). Expired rows are ignored on read and
 purged a bounded batch at a time at most once a second; the group's eviction runs in the
@@ -48,6 +49,7 @@ from gateway.decide.ledger import DayKey
 from gateway.decide.limits import Quota, Rate, Slots, Tally, Verdict
 from gateway.stores import sqlite_usage
 from gateway.stores.base import IdemRecord, StoreUnavailable
+from gateway.stores.sqlite_checkpoint import WAL_SIZE_LIMIT, Checkpointer
 from gateway.stores.sqlite_keys import CacheKeys
 
 T = TypeVar("T")
@@ -71,6 +73,16 @@ _CACHE_SCHEMA = (
     # the purge finds expired rows without scanning the table
     "CREATE INDEX IF NOT EXISTS cache_by_expiry ON cache (expires)",
 )
+
+# A new entry costs one statement; a refresh of one there already, two.
+_CACHE_INSERT = (
+    "INSERT INTO cache (value, expires, created, grp, key) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (grp, key) DO NOTHING"
+)
+_CACHE_REPLACE = "UPDATE cache SET value = ?, expires = ?, created = ? WHERE grp = ? AND key = ?"
+# A full group evicts this fraction of its limit beyond the overflow (1/100), so that a full
+# cache evicts once every hundred puts rather than on each.
+_EVICT_MARGIN = 100
 
 _JOURNAL_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS journal (run TEXT NOT NULL, step TEXT NOT NULL, "
@@ -109,7 +121,7 @@ _LIMITS_IDLE = (("limit_rates", "tat"), ("limit_slots", "expires"), ("limit_quot
 
 
 class SqliteStore:
-    def __init__(self, path: str):
+    def __init__(self, path: str, checkpoint_every: float = 1.0):
         self._path = path
         # SQLite calls never run on the event loop: one thread writes, one reads, each on a
         # connection of its own, so that a read never waits behind a write (or the WAL
@@ -126,12 +138,14 @@ class SqliteStore:
         self._lazy: asyncio.TimerHandle | None = None  # commits lazy writes nothing else took
         self._purged = 0.0  # when idle limits and expired cache rows were last purged (epoch s)
         self._cache_keys = CacheKeys(self._load_cache_keys)  # misses answered without a hop
+        self._checkpoints = Checkpointer(path, checkpoint_every)
 
     def describe(self) -> str:
         return f"sqlite {self._path}"
 
     async def open(self) -> None:
         await self._run(self._connection)
+        self._checkpoints.start()
 
     def _open(self) -> sqlite3.Connection:
         """This thread's connection; the writer's also creates the file and its schema."""
@@ -145,6 +159,8 @@ class SqliteStore:
                 return db
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer's thread does them
+            db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             db.execute(
                 "CREATE TABLE IF NOT EXISTS ejections "
                 "(target TEXT PRIMARY KEY, until REAL, since REAL)"
@@ -211,21 +227,16 @@ class SqliteStore:
     ) -> None:
         def put(db: sqlite3.Connection) -> None:
             now = time.time()
-            new = db.execute(
-                "SELECT 1 FROM cache WHERE grp = ? AND key = ?", (group, key)
-            ).fetchone() is None  # fmt: skip
-            db.execute(
-                "INSERT INTO cache VALUES (?, ?, ?, ?, ?) ON CONFLICT (grp, key) DO UPDATE "
-                "SET value = excluded.value, expires = excluded.expires, "
-                "created = excluded.created",
-                (group, key, value, now + ttl, now),
-            )
-            rows = _count(db, group, 1 if new else 0)
-            if rows > max_entries:  # the oldest rows beyond the limit
+            row = (value, now + ttl, now, group, key)
+            if not db.execute(_CACHE_INSERT, row).rowcount:  # there already: a refresh
+                db.execute(_CACHE_REPLACE, row)
+                return
+            rows = _count(db, group, 1)
+            if rows > max_entries:  # the oldest rows beyond the limit, and a 1% margin
                 evicted = db.execute(
                     "DELETE FROM cache WHERE rowid IN (SELECT rowid FROM cache "
                     "WHERE grp = ? ORDER BY created ASC LIMIT ?)",
-                    (group, rows - max(0, max_entries)),
+                    (group, rows - max_entries + max_entries // _EVICT_MARGIN),
                 ).rowcount
                 _count(db, group, -evicted)
 
@@ -598,6 +609,7 @@ class SqliteStore:
         if self._group_commits is not None:
             await asyncio.wait([self._group_commits])
         await self._cache_keys.close()
+        await self._checkpoints.close()
         for read in (True, False):
             with contextlib.suppress(StoreUnavailable):
                 await self._run(self._close_here, read=read)

@@ -250,6 +250,28 @@ def test_cache_eviction_keeps_the_newest_entries_of_the_group_only(store: Store)
     assert values == [None, None, b"value 2", b"value 3", b"value 4", b"other 0", b"other 1"]
 
 
+def test_a_full_sqlite_cache_evicts_its_oldest_hundredth_at_once(tmp_path: Path) -> None:
+    """docs/policies.md: once full, the embedded store holds 99-100% of `max_entries`,
+    evicting the overflow and 1% of the limit in one go instead of one row per put."""
+    group = unique_group()
+    keys = [cache_key(f"entry {i}") for i in range(203)]
+
+    async def body(s: Store) -> tuple[list[bytes | None], list[bytes | None]]:
+        async def put(key: str) -> None:
+            await s.cache_put(key, key[:4].encode(), 60, group, 200)
+
+        for key in keys[:201]:  # 200 fill it to the limit; the 201st evicts 1 + 200 // 100
+            await put(key)
+        at_201 = [await s.cache_get(key, group) for key in keys[:201]]
+        for key in keys[201:]:  # back up to the limit: nothing evicted
+            await put(key)
+        return at_201, [await s.cache_get(key, group) for key in keys]
+
+    at_201, at_203 = with_open(SqliteStore(str(tmp_path / "sp.db")), body)
+    assert at_201 == [None] * 3 + [key[:4].encode() for key in keys[3:201]]
+    assert at_203 == [None] * 3 + [key[:4].encode() for key in keys[3:]]
+
+
 def test_cache_put_of_an_existing_key_makes_it_the_newest(store: Store) -> None:
     group = unique_group()
     a, b, c, d = (cache_key(name) for name in "abcd")

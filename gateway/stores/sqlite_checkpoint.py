@@ -1,0 +1,76 @@
+"""The embedded store's WAL checkpoints, on a thread of their own.
+
+SQLite in WAL mode appends each commit to the `-wal` file; a checkpoint copies those pages
+back into the database file and syncs both to disk. By default the connection that commits
+past 1,000 WAL pages runs the checkpoint itself, inside its commit: the store's writer
+thread, which every admission, limits settlement and cache put waits for. Its two disk syncs
+take a few ms each, and a few hundred ms when the disk is busy, so under load every
+checkpoint became a stall of every request in flight (p99 spikes of 10-25 ms and stalls up
+to 0.5 s, docs/performance.md).
+
+So the writer's connection turns automatic checkpoints off (`wal_autocheckpoint=0`) and this
+thread runs a PASSIVE checkpoint every `every` seconds on a connection of its own. A passive
+checkpoint takes no lock that a writer waits for: commits go on appending to the WAL while it
+copies and syncs, and the WAL starts over from its beginning at the first commit after a
+complete one. With several workers (or replicas) sharing the file, each runs its own; one
+that finds another running returns at once. A checkpoint that fails is retried the next
+period and logged once until one succeeds. `journal_size_limit` on the writer truncates the
+WAL file back to `WAL_SIZE_LIMIT` once it starts over, so a burst does not keep its size.
+SQLite checkpoints once more when the last connection to the file closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+
+log = logging.getLogger("savepoint")
+
+WAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes the WAL file is truncated to when it starts over
+
+
+class Checkpointer:
+    def __init__(self, path: str, every: float):
+        self._path, self._every = path, every
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="savepoint-sqlite-c")
+        self._db: sqlite3.Connection | None = None  # used on the thread only
+        self._task: asyncio.Task[None] | None = None
+        self._failing = False
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._close_db)
+        self._thread.shutdown(wait=False)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self._every)
+            try:
+                await loop.run_in_executor(self._thread, self._checkpoint)
+            except (sqlite3.Error, OSError) as e:
+                if not self._failing:
+                    log.warning("SQLite store %s: checkpoint failed: %s", self._path, e)
+                self._failing = True
+            else:
+                self._failing = False
+
+    def _checkpoint(self) -> None:
+        if self._db is None:
+            self._db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA busy_timeout=2000")
+        self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    def _close_db(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
