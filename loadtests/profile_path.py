@@ -14,7 +14,8 @@ measures one request at a time; `--stream` sends streams of 40 chunks (and `--ra
 measures the first byte); `--baseline` measures the bare pass-through
 (`passthrough.py`) on CPU 0 under the same load after the gateway, and prints the gateway's
 ratios to it (requests/s, CPU per request); `--rate R` adds the latency at R requests/s (open loop,
-unique prompts) of the gateway and of the mock called directly, and their difference.
+prompts no earlier phase sent) of the gateway and of the mock called directly, their
+difference, and the gateway's CPU and context switches per request by thread at that rate.
 Prints requests/s and the CPU µs per request of each thread of the gateway (from
 /proc/<pid>/task/*/stat, before and after the load); with `--profile`, also runs
 `py-spy record` on the event-loop thread for as long again and prints the functions with
@@ -35,6 +36,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import wrk
 from bench_measure import MARKER, open_loop
@@ -85,6 +87,19 @@ def threads(pid: int) -> dict[str, float]:
             continue
         name = "event loop" if task.name == str(pid) else f"thread {task.name}"
         out[name] = (int(fields[11]) + int(fields[12])) / _TICK
+    return out
+
+
+def switches(pid: int) -> dict[str, int]:
+    """Context switches per thread (voluntary and not), named as by `threads`."""
+    out: dict[str, int] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            status = (task / "status").read_text().splitlines()
+        except FileNotFoundError:
+            continue
+        name = "event loop" if task.name == str(pid) else f"thread {task.name}"
+        out[name] = sum(int(line.split()[1]) for line in status if "ctxt_switches" in line)
     return out
 
 
@@ -226,12 +241,18 @@ def run(children: Children, work: Path, args: argparse.Namespace) -> int:
               "request")  # fmt: skip
     if args.rate:
         mock_url = f"http://127.0.0.1:{mock_port}"
-        direct, own = (
-            open_loop(children, Target(name, target_url, process, "bench"), body, args.rate,
-                      args.seconds, 1.0, 1, mock_url)
-            for name, target_url, process in (("direct", f"{mock_url}/v1/chat/completions", mock),
-                                              ("gateway", url, gateway))
-        )  # fmt: skip
+        # Its own prompts: wrk's counter and the open loop's both count from 1, and a prompt
+        # wrk sent would be a cache hit, not the miss being measured.
+        rate_body = body.replace("request", "open-loop request")
+
+        def at_rate(target: Target) -> dict[str, Any]:
+            return open_loop(children, target, rate_body, args.rate, args.seconds, 1.0, 1,
+                             mock_url)  # fmt: skip
+
+        direct = at_rate(Target("direct", f"{mock_url}/v1/chat/completions", mock, "bench"))
+        cpu, switched = threads(gateway.pid), switches(gateway.pid)
+        own = at_rate(Target("gateway", url, gateway, "bench"))
+        cpu_after, switched_after = threads(gateway.pid), switches(gateway.pid)
         for lat in (direct, own):
             if lat["errors"]:
                 raise SystemExit(f"open loop: {lat['errors']}")
@@ -248,6 +269,14 @@ def run(children: Children, work: Path, args: argparse.Namespace) -> int:
                 late = lat.get("lateness_ms", {}).get("p99", float("nan"))
                 print(f"| {name} | {lat[measured]['p50']:.2f} | {lat[measured]['p99']:.2f} "
                       f"| {late:.2f} | {lat['cpu_us_per_request']:,.0f} |")  # fmt: skip
+        sent = max(1, own["requests_sent"])  # warm-up included, as the CPU is
+        print(f"\nthe gateway at {args.rate:g}/s, per request (warm-up included)")
+        print("| thread | CPU µs | context switches |\n|---|--:|--:|")
+        for name in sorted(cpu_after, key=lambda n: cpu_after[n] - cpu.get(n, 0.0), reverse=True):
+            used = cpu_after[name] - cpu.get(name, 0.0)
+            woke = switched_after.get(name, 0) - switched.get(name, 0)
+            if used > 0:
+                print(f"| {name} | {1e6 * used / sent:,.0f} | {woke / sent:.2f} |")
     if args.profile:
         out = work / "profile.txt"
         spy = ["py-spy", "record", "-r", "200", "-d", str(round(args.seconds))]

@@ -1,9 +1,10 @@
 """Soak: does one gateway worker keep flat memory under sustained, mixed load?
 
-    python loadtests/soak.py [--rate 300] [--minutes 10] [--smoke] [--out FILE]
+    python loadtests/soak.py [--rate 300] [--minutes 10] [--store redis] [--smoke] [--out FILE]
 
     this process (open-loop client, RSS sampler) ──> gateway --workers 1 ──> mock
-                                                     SQLite store in a temp dir
+                                                     SQLite store in a temp dir, or
+                                                     (--store redis) a redis-server of its own
 
 The gateway runs a production-like policy: authentication (one client key, `sk-bench`), the
 client's rpm and tpm limits and a daily token budget (set high: they are checked and written
@@ -55,7 +56,7 @@ KEY = "sk-bench"
 CACHED, PLAIN, EMBED = "soak-cached", "soak-plain", "soak-embed"
 POLICY = """\
 version: 1
-store: {{path: "{store}"}}
+store: {store}
 providers:
   up:
     kind: openai
@@ -90,6 +91,7 @@ class Settings:
     seconds: float
     sample_every: float
     smoke: bool
+    store: str  # sqlite, or redis: a redis-server of its own, started and stopped by the run
 
     @property
     def warmup(self) -> float:
@@ -172,13 +174,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0] if __doc__ else "")
     parser.add_argument("--rate", type=float, default=300.0, help="requests per second")
     parser.add_argument("--minutes", type=float, default=10.0, help="how long to run")
+    parser.add_argument("--store", choices=("sqlite", "redis"), default="sqlite")
     parser.add_argument("--smoke", action="store_true", help="about 20 s: proves it works")
     parser.add_argument("--out", type=Path, help="JSON result file (default loadtests/results/)")
     args = parser.parse_args()
     if args.smoke:
-        settings = Settings(rate=100.0, seconds=20.0, sample_every=1.0, smoke=True)
+        settings = Settings(100.0, 20.0, 1.0, smoke=True, store=args.store)
     else:
-        settings = Settings(args.rate, args.minutes * 60, 5.0, smoke=False)
+        settings = Settings(args.rate, args.minutes * 60, 5.0, smoke=False, store=args.store)
     out = args.out or HERE / "results" / f"soak-{time.strftime('%Y%m%d-%H%M%S')}.json"
     result = measured("soak", lambda children, work: run(children, work, settings), out)
     if result is None:
@@ -195,9 +198,16 @@ def run(children: Children, work: Path, settings: Settings) -> dict[str, Any]:
     mock_port, port = free_port(), free_port()
     mock = children.start("mock", [python, "-m", "gateway", "mock", "--port", str(mock_port)])
     mock.wait_listening(mock_port)
+    store = f'{{path: "{work / "soak.db"}"}}'
+    if settings.store == "redis":  # its own server: nothing is left in a shared one
+        redis_port = free_port()
+        argv = ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no"]  # fmt: skip
+        children.start("redis", argv).wait_listening(redis_port)
+        store = f"{{kind: redis, url: 'redis://127.0.0.1:{redis_port}/0'}}"
     policy = work / "policy.yaml"
     policy.write_text(POLICY.format(
-        store=work / "soak.db", mock_port=mock_port, cached=CACHED, plain=PLAIN, embed=EMBED,
+        store=store, mock_port=mock_port, cached=CACHED, plain=PLAIN, embed=EMBED,
         key_sha256=hashlib.sha256(KEY.encode()).hexdigest(),
     ))  # fmt: skip
     argv = [python, "-m", "gateway", "serve", "--policy", str(policy), "--port", str(port),
@@ -328,7 +338,7 @@ def _ms(seconds: list[float], q: float) -> float | None:
 def table(result: dict[str, Any]) -> str:
     s = result["settings"]
     lines = [
-        f"soak: {result['requests']:,} requests in {s['seconds']:g} s "
+        f"soak ({s['store']}): {result['requests']:,} requests in {s['seconds']:g} s "
         f"({result['achieved_rate']}/s asked {s['rate']:g}/s, the client at most "
         f"{result['max_late_s']} s late), gateway CPU {result['gateway_cpu_s']} s",
         "",
