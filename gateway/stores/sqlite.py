@@ -49,7 +49,7 @@ from gateway.decide.ledger import DayKey
 from gateway.decide.limits import Quota, Rate, Slots, Tally, Verdict
 from gateway.stores import sqlite_usage
 from gateway.stores.base import IdemRecord, StoreUnavailable
-from gateway.stores.sqlite_checkpoint import WAL_SIZE_LIMIT, Checkpointer
+from gateway.stores.sqlite_checkpoint import RESTART, WAL_SIZE_LIMIT, Checkpointer
 from gateway.stores.sqlite_keys import CacheKeys
 
 T = TypeVar("T")
@@ -124,8 +124,8 @@ class SqliteStore:
     def __init__(self, path: str, checkpoint_every: float = 1.0):
         self._path = path
         # SQLite calls never run on the event loop: one thread writes, one reads, each on a
-        # connection of its own, so that a read never waits behind a write (or the WAL
-        # checkpoint a write sets off): WAL lets readers run alongside the writer.
+        # connection of its own, so that a read never waits behind a write: WAL lets readers
+        # run alongside the writer (and checkpoints run on a third, `Checkpointer`'s).
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="savepoint-sqlite-w")
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="savepoint-sqlite-r")
         self._here = threading.local()  # each thread's connection
@@ -138,7 +138,7 @@ class SqliteStore:
         self._lazy: asyncio.TimerHandle | None = None  # commits lazy writes nothing else took
         self._purged = 0.0  # when idle limits and expired cache rows were last purged (epoch s)
         self._cache_keys = CacheKeys(self._load_cache_keys)  # misses answered without a hop
-        self._checkpoints = Checkpointer(path, checkpoint_every)
+        self._checkpoints = Checkpointer(path, checkpoint_every, self._restart_wal)
 
     def describe(self) -> str:
         return f"sqlite {self._path}"
@@ -146,6 +146,10 @@ class SqliteStore:
     async def open(self) -> None:
         await self._run(self._connection)
         self._checkpoints.start()
+
+    async def _restart_wal(self) -> None:
+        """Between two write transactions, on the writer's connection (`Checkpointer`)."""
+        await self._run(lambda: self._connection().execute(RESTART).fetchone())
 
     def _open(self) -> sqlite3.Connection:
         """This thread's connection; the writer's also creates the file and its schema."""

@@ -5,10 +5,14 @@ a checkpoint period, and never because the writer stopped to copy it there."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from gateway.stores.sqlite import SqliteStore
+from gateway.stores.sqlite_checkpoint import RESTART, Checkpointer
 
 _VALUE = b"x" * 4000  # about a page of WAL per row
 
@@ -65,3 +69,49 @@ def test_the_writer_never_stops_to_checkpoint_however_large_the_wal(tmp_path: Pa
     written, in_file = asyncio.run(body())
     assert (written, in_file) == (1500, 0)
     assert in_database_file(path) == 1500  # the last connection's close checkpoints
+
+
+def test_the_wal_stays_bounded_under_writes_that_never_pause(tmp_path: Path) -> None:
+    """A passive checkpoint never finds a WAL that commits keep landing in idle, so the WAL
+    would never start over; past `restart_pages` the writer's thread makes it start over,
+    between two transactions. The writer here is the store's shape: one thread that
+    transactions are queued to, back to back."""
+    path = tmp_path / "sp.db"
+    writer = ThreadPoolExecutor(max_workers=1)
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "wal_autocheckpoint=0",
+                   "journal_size_limit=1048576"):  # fmt: skip
+        db.execute(f"PRAGMA {pragma}")
+    db.execute("CREATE TABLE t (v BLOB)")
+
+    def transaction() -> None:
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany("INSERT INTO t VALUES (?)", [(_VALUE,)] * 4)
+        db.execute("COMMIT")
+
+    async def body() -> list[int]:
+        loop = asyncio.get_running_loop()
+
+        async def restart() -> None:
+            await loop.run_in_executor(writer, lambda: db.execute(RESTART).fetchone())
+
+        checkpoints = Checkpointer(str(path), 0.05, restart, restart_pages=500)
+        checkpoints.start()
+        sizes, ends = [], time.monotonic() + 2.0
+        try:
+            while time.monotonic() < ends:  # 100 transactions queued at a time, again and again
+                await asyncio.gather(*(loop.run_in_executor(writer, transaction)
+                                       for _ in range(100)))  # fmt: skip
+                sizes.append(await loop.run_in_executor(writer, os.path.getsize, f"{path}-wal"))
+        finally:
+            await checkpoints.close()
+        return sizes
+
+    sizes = asyncio.run(body())
+    writer.shutdown()
+    db.close()
+    written = len(sizes) * 100 * 4 * len(_VALUE)
+    # 2 MiB past a checkpoint, plus what lands until the next period's restart (a 1 GB WAL
+    # was seen in a gateway at saturation, and over 150 MB here, without the restart)
+    assert written > 48 * 1024 * 1024  # twice the bound below, at least
+    assert max(sizes) < 24 * 1024 * 1024
