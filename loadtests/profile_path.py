@@ -76,31 +76,31 @@ _BODY = {
 }
 
 
-def threads(pid: int) -> dict[str, float]:
-    """CPU seconds per thread: the event loop (the main thread) and the others by id (Python
-    3.11 does not name its threads for the kernel)."""
-    out: dict[str, float] = {}
+def _tasks(pid: int, file: str) -> Iterator[tuple[str, str]]:
+    """(thread, its /proc file `file`) for each thread still there: the event loop (the main
+    thread) and the others by id (Python 3.11 does not name its threads for the kernel)."""
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            fields = (task / "stat").read_text().rpartition(")")[2].split()
+            text = (task / file).read_text()
         except FileNotFoundError:
             continue
-        name = "event loop" if task.name == str(pid) else f"thread {task.name}"
-        out[name] = (int(fields[11]) + int(fields[12])) / _TICK
-    return out
+        yield ("event loop" if task.name == str(pid) else f"thread {task.name}"), text
+
+
+def threads(pid: int) -> dict[str, float]:
+    """CPU seconds per thread."""
+    return {
+        name: sum(map(int, stat.rpartition(")")[2].split()[11:13])) / _TICK
+        for name, stat in _tasks(pid, "stat")
+    }
 
 
 def switches(pid: int) -> dict[str, int]:
-    """Context switches per thread (voluntary and not), named as by `threads`."""
-    out: dict[str, int] = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            status = (task / "status").read_text().splitlines()
-        except FileNotFoundError:
-            continue
-        name = "event loop" if task.name == str(pid) else f"thread {task.name}"
-        out[name] = sum(int(line.split()[1]) for line in status if "ctxt_switches" in line)
-    return out
+    """Context switches per thread, voluntary and not."""
+    return {
+        name: sum(int(line.split()[1]) for line in status.splitlines() if "ctxt_switches" in line)
+        for name, status in _tasks(pid, "status")
+    }
 
 
 def _loop_samples(collapsed: str, pid: int) -> Iterator[tuple[list[tuple[str, str]], int]]:
