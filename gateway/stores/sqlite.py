@@ -49,7 +49,12 @@ from gateway.decide.ledger import DayKey
 from gateway.decide.limits import Quota, Rate, Slots, Tally, Verdict
 from gateway.stores import sqlite_usage
 from gateway.stores.base import IdemRecord, StoreUnavailable
-from gateway.stores.sqlite_checkpoint import RESTART, WAL_SIZE_LIMIT, Checkpointer
+from gateway.stores.sqlite_checkpoint import (
+    RESTART,
+    RESTART_WAIT_MS,
+    WAL_SIZE_LIMIT,
+    Checkpointer,
+)
 from gateway.stores.sqlite_keys import CacheKeys
 
 T = TypeVar("T")
@@ -57,6 +62,7 @@ T = TypeVar("T")
 _PURGE_BATCH = 100  # expired rows a journal put or an idempotency claim deletes on its way
 _IDLE_BATCH = 1000  # idle limits rows and expired cache rows the purge deletes at a time...
 _IDLE_BATCHES = 20  # ...and at most this many batches of each, once a second
+_BUSY_TIMEOUT_MS = 2000  # how long a statement waits for another process's lock
 # How long a write nobody waits for (a cache put, a settlement's token correction) waits for a
 # write someone does wait for (an admission), to share its transaction: at a few hundred
 # requests a second, one transaction and one hop to the writer thread per request, not three.
@@ -149,7 +155,16 @@ class SqliteStore:
 
     async def _restart_wal(self) -> None:
         """Between two write transactions, on the writer's connection (`Checkpointer`)."""
-        await self._run(lambda: self._connection().execute(RESTART).fetchone())
+
+        def restart() -> None:
+            db = self._connection()
+            db.execute(f"PRAGMA busy_timeout={RESTART_WAIT_MS}")
+            try:
+                db.execute(RESTART).fetchone()
+            finally:
+                db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+
+        await self._run(restart)
 
     def _open(self) -> sqlite3.Connection:
         """This thread's connection; the writer's also creates the file and its schema."""
@@ -158,7 +173,7 @@ class SqliteStore:
             os.makedirs(directory, exist_ok=True)
         db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
         try:
-            db.execute("PRAGMA busy_timeout=2000")
+            db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
             if not writer:
                 return db
             db.execute("PRAGMA journal_mode=WAL")

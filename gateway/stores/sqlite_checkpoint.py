@@ -20,7 +20,9 @@ about 35 MB a second at saturation, to 1 GB in 30 s. So when the WAL holds more 
 `restart_pages` pages after a passive checkpoint, `restart` runs a RESTART checkpoint on the
 writer's own thread, between two of its transactions (on this thread it would wait for a
 writer that never pauses, and give up): it copies what the passive one left (little), syncs,
-and makes the next commit start the WAL over. That pause of the writer comes once per
+and makes the next commit start the WAL over. With other workers on the file it waits at
+most `RESTART_WAIT_MS` for their transactions, else tries again the next period. That pause
+of the writer comes once per
 `restart_pages` pages of writes (32 MiB) instead of once per 1,000 (4 MiB), and is short,
 the bulk of the copy having been done beside the writer. A checkpoint that fails is retried
 the next period and logged once until one succeeds. `journal_size_limit` on the writer truncates the
@@ -44,6 +46,9 @@ log = logging.getLogger("savepoint")
 WAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes the WAL file is truncated to when it starts over
 RESTART_PAGES = 8192  # WAL pages after a passive checkpoint that call for a restart
 RESTART = "PRAGMA wal_checkpoint(RESTART)"  # for `restart` to run on the writer's connection
+# How long a RESTART waits for other processes' writers and readers before it gives up until
+# the next period: it runs on the writer's thread, so this worker's writes wait as long.
+RESTART_WAIT_MS = 50
 
 
 class Checkpointer:

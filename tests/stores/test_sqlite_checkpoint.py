@@ -5,6 +5,7 @@ a checkpoint period, and never because the writer stopped to copy it there."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import sqlite3
 import time
@@ -111,7 +112,10 @@ def test_the_wal_stays_bounded_under_writes_that_never_pause(tmp_path: Path) -> 
     writer.shutdown()
     db.close()
     written = len(sizes) * 100 * 4 * len(_VALUE)
-    # 2 MiB past a checkpoint, plus what lands until the next period's restart (a 1 GB WAL
-    # was seen in a gateway at saturation, and over 150 MB here, without the restart)
-    assert written > 48 * 1024 * 1024  # twice the bound below, at least
-    assert max(sizes) < 24 * 1024 * 1024
+    # The WAL file shrinks only when it starts over (then `journal_size_limit` truncates it);
+    # without the restart it only grew: over 150 MB here, 1 GB in a gateway at saturation.
+    # How far it grows between restarts depends on how busy the machine is.
+    shrinks = sum(after < before for before, after in itertools.pairwise(sizes))
+    assert written > 16 * 1024 * 1024
+    assert shrinks >= 2
+    assert max(sizes) < written / 2
