@@ -22,12 +22,13 @@ writer's own thread, between two of its transactions (on this thread it would wa
 writer that never pauses, and give up): it copies what the passive one left (little), syncs,
 and makes the next commit start the WAL over. With other workers on the file it waits at
 most `RESTART_WAIT_MS` for their transactions, else tries again the next period. That pause
-of the writer comes once per
-`restart_pages` pages of writes (32 MiB) instead of once per 1,000 (4 MiB), and is short,
-the bulk of the copy having been done beside the writer. A checkpoint that fails is retried
-the next period and logged once until one succeeds. `journal_size_limit` on the writer truncates the
-WAL file back to `WAL_SIZE_LIMIT` once it starts over, so a burst does not keep its size.
-SQLite checkpoints once more when the last connection to the file closes.
+of the writer comes once per `restart_pages` pages of writes (32 MiB) instead of once per
+1,000 (4 MiB), and is short, the bulk of the copy having been done beside the writer.
+
+A checkpoint that fails is retried the next period and logged once until one succeeds.
+`journal_size_limit` on the writer truncates the WAL file back to `WAL_SIZE_LIMIT` once it
+starts over, so a burst does not keep its size. SQLite checkpoints once more when the last
+connection to the file closes.
 """
 
 from __future__ import annotations
@@ -93,10 +94,10 @@ class Checkpointer:
                 self._failing = False
 
     def _checkpoint(self) -> int:
-        """A passive checkpoint; the pages the WAL holds (-1 if another process's ran)."""
+        """A passive checkpoint (it never waits for a lock, so its connection needs no busy
+        timeout); the pages the WAL holds (-1 if another process's ran)."""
         if self._db is None:
             self._db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA busy_timeout=2000")
         _, pages, _ = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         return int(pages)
 
