@@ -10,6 +10,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.values import value
+
 
 class Endpoint(enum.Enum):
     """A generation endpoint: its path under /v1 and how its streams end."""
@@ -58,7 +60,7 @@ _UNHEALTHY = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Principal:
     """Who is calling: a client from the policy, or `anonymous` when auth is off."""
 
@@ -69,7 +71,7 @@ class Principal:
 ANONYMOUS = Principal("anonymous", None)
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Call:
     """One parsed client request to a generation endpoint."""
 
@@ -83,7 +85,7 @@ class Call:
     usage_hidden: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -92,7 +94,7 @@ class Usage:
     reasoning_tokens: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Attempt:
     """One upstream call: where it went, how it ended ("ok" or a `Failure` value), how long."""
 

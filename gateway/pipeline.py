@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
 from typing import Any
 
 from gateway.breakers import EventSink
@@ -38,9 +37,10 @@ from gateway.stages.dispatch import Dispatcher
 from gateway.stages.idempotency import Idempotency
 from gateway.stages.lead import Lead
 from gateway.stages.runs import RunJournal
+from gateway.values import value
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Inbound:
     """A generation request as the server hands it over; the body is read after auth."""
 

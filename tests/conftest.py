@@ -1,5 +1,5 @@
 """Session fixtures; the machinery lives in `harness.py` so test modules can import it."""
 
-from harness import gateway, gateways, mock
+from harness import gateway, gateways, mock, own_redis
 
-__all__ = ["gateway", "gateways", "mock"]
+__all__ = ["gateway", "gateways", "mock", "own_redis"]

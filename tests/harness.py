@@ -301,6 +301,17 @@ class OwnRedis:
             self.proc = None
 
 
+@pytest.fixture
+def own_redis() -> Iterator[OwnRedis]:
+    """A redis-server of our own, started; stopped at the end whatever the test did to it."""
+    server = OwnRedis()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 async def store_error(operation: Awaitable[object]) -> str:
     """What a store call raised, as its message ("no error" if nothing): only ever the
     seam's own `StoreUnavailable`, never the client library's exception."""

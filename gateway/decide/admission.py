@@ -25,7 +25,6 @@ import calendar
 import functools
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from gateway.config.schema import (
@@ -44,13 +43,14 @@ from gateway.errors import (
     SavepointError,
     TokensLimited,
 )
+from gateway.values import value
 
 MICRO = 1_000_000  # micro-dollars per dollar
 UNBOUNDED = 1e15  # the limit of a counter that only counts (exact in doubles)
 RUN_COUNTERS_MS = 24 * 3600 * 1000.0  # a run's guard counters live a day past its last step
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Looping:
     """What the loop guard saw: the counter past its threshold, and how far."""
 
@@ -59,7 +59,7 @@ class Looping:
     threshold: float
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Reservation:
     """What a request is expected to take: tokens (prompt estimate + output cap) and, when
     its model is priced, micro-dollars."""
@@ -68,7 +68,7 @@ class Reservation:
     micro_usd: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Limits:
     rates: tuple[Rate, ...]
     slots: tuple[Slots, ...]
@@ -127,6 +127,14 @@ def guard_limits(
                 Quota(f"r/{who}/{run}/usd", cap(round(guard.run_usd * MICRO)), cost, ends)
             )
     return tuple(quotas)
+
+
+def repeat_status(quota: Quota, count: float, now: float) -> Status:
+    """The loop guard's repeat counter (`guard_limits`' first) at `count`, this request's
+    included, as `looping` reads it (`limit - remaining`)."""
+    left = max(quota.limit - count, 0.0)
+    reset = max(quota.expires_ms / 1000 - now, 0.0)
+    return Status(quota.key, Kind.QUOTA, quota.limit, left, reset)
 
 
 def looping(guard: GuardSpec, verdict: Verdict) -> Looping | None:
@@ -215,15 +223,23 @@ def _period(period: str, day: int) -> tuple[str, float]:
 def ratelimit_headers(verdict: Verdict) -> dict[str, str]:
     """OpenAI's `x-ratelimit-*` headers: for requests and for tokens, the tightest of the
     rate limits that apply (the one with the fewest left)."""
+    tightest: dict[str, Status] = {}
+    for status in verdict.limits:
+        if status.kind is Kind.RATE:
+            kind = _RATE_KINDS.get(status.key[-4:])
+            if kind is not None:
+                tight = tightest.get(kind)
+                if tight is None or status.remaining < tight.remaining:
+                    tightest[kind] = status
     headers: dict[str, str] = {}
-    for suffix, kind in (("/rpm", "requests"), ("/tpm", "tokens")):
-        rates = [s for s in verdict.limits if s.kind is Kind.RATE and s.key.endswith(suffix)]
-        if rates:
-            tight = min(rates, key=lambda s: s.remaining)
-            headers[f"x-ratelimit-limit-{kind}"] = str(int(tight.limit))
-            headers[f"x-ratelimit-remaining-{kind}"] = str(int(tight.remaining))
-            headers[f"x-ratelimit-reset-{kind}"] = go_duration(tight.reset)
+    for kind, tight in sorted(tightest.items()):
+        headers[f"x-ratelimit-limit-{kind}"] = str(int(tight.limit))
+        headers[f"x-ratelimit-remaining-{kind}"] = str(int(tight.remaining))
+        headers[f"x-ratelimit-reset-{kind}"] = go_duration(tight.reset)
     return headers
+
+
+_RATE_KINDS = {"/rpm": "requests", "/tpm": "tokens"}
 
 
 def budget_used(verdict: Verdict) -> Status | None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
+
+from gateway.values import value
 
 
 class Admission(enum.Enum):
@@ -20,7 +21,7 @@ class Admission(enum.Enum):
     SKIP = "skip"  # breaker open, or probing already, or cooling down
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Candidate:
     weight: float
     in_flight: int

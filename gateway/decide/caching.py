@@ -9,10 +9,10 @@ no-cache, no-store   no        no       bypass
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from gateway.values import value
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class CacheMode:
     lookup: bool
     store: bool

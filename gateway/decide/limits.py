@@ -33,7 +33,9 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
+
+from gateway.values import value
 
 MINUTE_MS = 60_000.0
 GRID = 1024  # rate arithmetic runs on multiples of 1/GRID ms (module docstring)
@@ -48,20 +50,20 @@ class Kind(enum.Enum):
     QUOTA = "quota"
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Rate:
     key: str  # names the bucket, e.g. "c:alice:rpm"
     per_minute: float  # the limit L; must be positive
     cost: float  # units this request takes; at settle: actual - reserved (negative: a credit)
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Slots:
     key: str
     limit: int
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Quota:
     key: str
     limit: float
@@ -69,7 +71,7 @@ class Quota:
     expires_ms: float  # the end of the counter's period
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Tally:
     """What a quota's counter holds."""
 
@@ -77,7 +79,7 @@ class Tally:
     expires_ms: float
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class State:
     """What the limits' keys hold; an absent key is a full bucket, no leases, nothing used."""
 
@@ -86,7 +88,7 @@ class State:
     quotas: Mapping[str, Tally] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Status:
     """One limit after the verdict (after this request if admitted, as it stands if not)."""
 
@@ -97,7 +99,7 @@ class Status:
     reset: float  # seconds until full again (rates, quotas); 0 for slots, which cannot know
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Verdict:
     allowed: bool
     limits: tuple[Status, ...]  # rates, then slots, then quotas, each in the order given
@@ -106,7 +108,7 @@ class Verdict:
     exceeds: bool = False  # the request alone exceeds `blocked`'s limit: it can never pass
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Decision:
     verdict: Verdict
     state: State | None  # the new state of the limits' keys; None when refused: write nothing
@@ -252,7 +254,7 @@ def check_distinct(rates: Sequence[Rate], slots: Sequence[Slots], quotas: Sequen
             raise ValueError(f"a {kind} key appears twice: {sorted(keys)}")
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class _Check:
     """One limit's part of the verdict."""
 

@@ -17,32 +17,32 @@ rate limit or quota):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from gateway.config.schema import GroupSpec, TargetSpec
 from gateway.model import Failure
+from gateway.values import value
 
 _FINAL = frozenset({Failure.CLIENT_ERROR, Failure.IDLE_TIMEOUT, Failure.DEADLINE})
 _WRONG_TARGET = frozenset({Failure.CONTEXT_WINDOW, Failure.CONTENT_FILTER})
 _LIMITED = frozenset({Failure.RATE_LIMITED, Failure.QUOTA})
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class RetrySame:
     delay: float
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class SwitchTarget:
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class NextGroup:
     index: int
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class GiveUp:
     pass
 
@@ -50,7 +50,7 @@ class GiveUp:
 Step = RetrySame | SwitchTarget | NextGroup | GiveUp
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Situation:
     failure: Failure
     attempts_here: int  # attempts this request made on the failed deployment, this one included

@@ -12,15 +12,15 @@ status, or (later) retry elsewhere. After that, events come through `EventStream
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.config.schema import Timeouts
 from gateway.errors import SavepointError
 from gateway.model import Endpoint
+from gateway.values import value
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class UpstreamRequest:
     endpoint: Endpoint
     body: bytes  # JSON, with the model name already rewritten to the upstream's
@@ -44,7 +44,7 @@ class EventStream(Protocol):
     def close(self) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class UpstreamReply:
     status: int
     headers: Mapping[str, str]  # only the headers worth passing on (request id, retry-after...)

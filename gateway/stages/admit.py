@@ -14,9 +14,9 @@ store must not become an outage of the gateway), logged once per outage; the ans
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from gateway.breakers import EventSink
 from gateway.config.schema import ClientSpec, GuardSpec, LimitSpec, ModelSpec, Policy
@@ -31,22 +31,26 @@ from gateway.decide.admission import (
     needs_tokens,
     ratelimit_headers,
     refusal,
+    repeat_status,
     settlement,
 )
 from gateway.decide.cost import cost_usd, deployment_prices
 from gateway.decide.keys import fingerprint
-from gateway.decide.limits import Verdict
+from gateway.decide.limits import Quota, Status, Verdict
 from gateway.model import Call, Principal, Trace, Usage
 from gateway.stages.guard import StoreGuard
+from gateway.stages.leases import Leases
+from gateway.stages.repeats import Repeats
 from gateway.stores.base import Store
 from gateway.tokens import Tokenizer
+from gateway.values import value
 
 DEFAULT_OUTPUT = 1024  # tokens reserved for the answer of a request that sets no output cap
 _LEASE_MARGIN = 60.0  # a concurrency lease outlives the route's deadline by this much
 _WARNED_MAX = 10_000  # counters logged once each; forgotten wholesale past this many
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Ticket:
     """An admitted request's reservation, to settle once it is over."""
 
@@ -70,10 +74,13 @@ class Admission:
         self._tokenizer = tokenizer
         self._events = events
         self._guard = StoreGuard("limits", events, policy.server.max_pending_writes)
+        self._leases = Leases(store, self._guard)
+        self._repeats = Repeats(store, self._guard)
         self._warned: set[str] = set()  # budget periods and loop counters already logged
         self._prices = deployment_prices(policy.prices, policy.models.values())
         # (counted, anything applies) by (client, model): bounded by the policy's names
         self._applies: dict[tuple[str, str], tuple[bool, bool]] = {}
+        self._leased: set[tuple[str, str]] = set()  # whose last request leases admitted
 
     async def admit(
         self, principal: Principal, spec: ModelSpec, call: Call, run: str | None, trace: Trace
@@ -87,31 +94,75 @@ class Admission:
         reservation = await self._reserve(client, spec, call, counted)
         now = time.time()
         limits = limits_for(client, spec, reservation, now)
+        repeat: Quota | None = None  # the guard's count of this request, if written behind
+        again, repeated = 0.0, ""  # a repeat counted in the store now: what was not written
         if guard.enabled or (guard.enabled is None and limits):
             request = fingerprint("POST", call.endpoint.path, call.body)
-            counters = guard_limits(guard, principal.name, request, run, reservation, now)
-            limits = Limits(limits.rates, limits.slots, limits.quotas + counters)
-        if not limits:  # the estimate alone, for the limits of the deployments it may go to
+            repeat, *runs = guard_limits(guard, principal.name, request, run, reservation, now)
+            if self._repeats.count(repeat.key):  # a repeat: counted in the store, exactly
+                again, repeated = self._repeats.claim(repeat.key), repeat.key
+                runs.insert(0, dataclasses.replace(repeat, cost=repeat.cost + again))
+                repeat = None
+            limits = Limits(limits.rates, limits.slots, limits.quotas + tuple(runs))
+        if not limits and repeat is None:  # the estimate alone, for the deployments' limits
             return Ticket(limits, reservation, trace.request_id) if counted else None
-        lease = spec.deadline + _LEASE_MARGIN
-        ok, verdict = await self._guard.call(
-            self._store.limits_admit(
-                limits.rates, limits.slots, limits.quotas, trace.request_id, lease
-            )
-        )
-        if not ok or verdict is None:
+        if repeat is not None:
+            seen = repeat_status(repeat, repeat.cost, now)
+            if repeat.cost > repeat.limit:  # blocking, at a threshold below 1
+                raise refusal(Verdict(False, (seen,), 0.0, seen), spec.name)
+        statuses = None
+        try:
+            statuses = await self._take(limits, spec, trace, (principal.name, spec.name))
+        finally:
+            if again and statuses is None:  # refused, or the store is away: still to write
+                self._repeats.unclaim(repeated, again)
+        if statuses is None:
             trace.extra_headers["x-savepoint-degraded"] = "store"
             return None
-        if not verdict.allowed:
-            raise refusal(verdict, spec.name)  # its code goes on the trace where it is rendered
+        if repeat is not None:
+            self._repeats.add(repeat)
+            statuses += (seen,)
+        else:
+            self._repeats.learn(statuses)
+        verdict = Verdict(True, statuses)
         trace.extra_headers.update(ratelimit_headers(verdict))
         self._warn(client, verdict, trace)
         self._flag(principal, guard, verdict, trace)
         return Ticket(limits, reservation, trace.request_id)
 
+    async def _take(
+        self, limits: Limits, spec: ModelSpec, trace: Trace, who: tuple[str, str]
+    ) -> tuple[Status, ...] | None:
+        """Take the request's share of every limit, from this worker's leases where they
+        cover it and in the store otherwise: the limits' statuses, None if the store could
+        not be asked (fail open), or raise the 429 (and take nothing)."""
+        plan = self._leases.plan(limits.rates, limits.quotas)
+        if not (plan.rates or plan.quotas or limits.slots):
+            self._leased.add(who)
+            return self._leases.admitted(plan, None)
+        self._leased.discard(who)
+        lease = spec.deadline + _LEASE_MARGIN
+        while True:
+            admit = self._store.limits_admit(
+                plan.rates, limits.slots, plan.quotas, trace.request_id, lease
+            )
+            ok, verdict = await self._guard.call(admit)
+            if not ok or verdict is None:
+                self._leases.failed(plan)
+                return None
+            if verdict.allowed:
+                return self._leases.admitted(plan, verdict)
+            if not plan.top_ups:
+                self._leases.undo(plan)
+                raise refusal(verdict, spec.name)  # its code goes on the trace where rendered
+            plan = self._leases.without_top_ups(plan)  # refused with a lease: try without
+
     def calls_store(self, principal: Principal, spec: ModelSpec) -> bool:
-        """Whether admitting this client's requests for this model may take a store call."""
-        return self._applying(principal, spec)[1]
+        """Whether admitting this client's request for this model is likely to take a store
+        call: something applies, and the last such request was not admitted from leases."""
+        return (
+            self._applying(principal, spec)[1] and (principal.name, spec.name) not in self._leased
+        )
 
     def _applying(self, principal: Principal, spec: ModelSpec) -> tuple[bool, bool]:
         """(a token estimate is needed, anything applies), worked out once per client and
@@ -136,11 +187,14 @@ class Admission:
             actual = Reservation(trace.usage.total_tokens, self._micro_usd(trace.usage, trace))
         elif not trace.attempts:
             actual = Reservation(0, 0)
-        await write_settlement(
-            self._store, self._guard, settlement(ticket.limits, actual), ticket.request_id
-        )
+        fix = settlement(ticket.limits, actual)
+        rates, quotas = self._leases.credit(fix.rates, fix.quotas)
+        fix = Limits(rates, fix.slots, quotas)
+        await write_settlement(self._store, self._guard, fix, ticket.request_id)
 
     async def close(self) -> None:
+        await self._leases.close()
+        await self._repeats.close()
         await self._guard.close()
 
     async def _reserve(

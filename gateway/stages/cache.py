@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from dataclasses import dataclass
 
 import orjson
 
@@ -29,11 +28,12 @@ from gateway.stages.guard import MAX_PENDING, StoreGuard
 from gateway.stages.relay import JSON, SSE_HEADERS
 from gateway.stores.base import Store
 from gateway.transcode import disassemble
+from gateway.values import value
 
 SHARED_TENANT = "*"  # clients' names are policy names, which cannot be "*"
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class CachePlan:
     key: str
     group: str

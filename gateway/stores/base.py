@@ -43,18 +43,18 @@ by time (entries) or by day (aggregates), whatever process or replica wrote them
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.decide.ledger import DayKey
 from gateway.decide.limits import Quota, Rate, Slots, Verdict
+from gateway.values import value
 
 
 class StoreUnavailable(Exception):
     """The store cannot be reached or used right now."""
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class IdemRecord:
     fingerprint: str
     owner: str

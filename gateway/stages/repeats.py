@@ -1,0 +1,147 @@
+"""The loop guard's count of a request's repeats (`g/<client>/<fingerprint>/<window>`,
+`decide.admission`): the first time this worker sees a request, counted here and written to
+the store behind it; each time after, counted in the store with its admission, as before.
+
+Nearly every request is the first of its fingerprint: counting each in the store on its
+admission was a store write per request, for a counter that matters only from its
+`guard.repeats`-th time on. Here a first sighting is counted at once in this worker, and the
+first sightings of the last `FLUSH` seconds go to the store together, in one call. A repeat
+(a fingerprint this worker has counted before) is counted in the store with its admission,
+with what this worker had not written yet: exact across every worker and replica, and refused
+atomically when the guard blocks.
+
+So a loop is seen as before, except that a request another worker or replica has sent before
+but this one has not is taken for a first sighting: a loop that hops between N workers is
+flagged or refused at most N-1 repeats late. A count the store could not take is kept here
+(fail open: it is not lost for this worker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+
+from gateway.decide.admission import UNBOUNDED
+from gateway.decide.limits import Quota, Status
+from gateway.stages.guard import StoreGuard
+from gateway.stores.base import Store
+
+FLUSH = 0.05  # seconds between writes of the counts
+# Counters held (about 300 bytes each): past it, those with nothing to write are forgotten, and
+# a loop among them is seen one repeat later (when its next count comes back from the store).
+_MAX_KEYS = 20_000
+
+
+class _Count:
+    __slots__ = ("expires_ms", "flushing", "known", "pending")
+
+    def __init__(self, expires_ms: float):
+        self.expires_ms = expires_ms  # the end of the counter's window
+        self.known = 0.0  # every worker's count, as the store last said (ours included)
+        self.flushing = 0.0  # counted here, being written
+        self.pending = 0.0  # counted here, not written yet
+
+    def total(self) -> float:
+        return self.known + self.flushing + self.pending
+
+
+class Repeats:
+    def __init__(self, store: Store, guard: StoreGuard):
+        self._store = store
+        self._guard = guard
+        self._counts: dict[str, _Count] = {}  # in order of counting: of expiry, nearly
+        self._dirty: dict[str, _Count] = {}  # those with a count to write
+        self._flush: asyncio.TimerHandle | None = None
+        self._writing: asyncio.Task[None] | None = None
+
+    def count(self, key: str) -> float:
+        """What the counter holds, as far as this worker knows."""
+        count = self._counts.get(key)
+        return count.total() if count is not None else 0.0
+
+    def claim(self, key: str) -> float:
+        """This worker's count of `key` not written yet, taken out: the caller writes it."""
+        count = self._counts[key]
+        pending, count.pending = count.pending, 0.0
+        self._dirty.pop(key, None)
+        return pending
+
+    def unclaim(self, key: str, pending: float) -> None:
+        """The caller could not write what it claimed: written behind after all."""
+        count = self._counts.get(key)
+        if count is not None:
+            count.pending += pending
+            self._dirty[key] = count
+            self._schedule()
+
+    def learn(self, statuses: Iterable[Status]) -> None:
+        """Counts the store just gave (a repeat counted with its admission)."""
+        for status in statuses:
+            count = self._counts.get(status.key) if status.key[0] == "g" else None
+            if count is not None:
+                count.known = status.limit - status.remaining
+
+    def add(self, quota: Quota) -> None:
+        """Count the request; written to the store within `FLUSH` seconds."""
+        count = self._counts.get(quota.key)
+        if count is None:
+            if len(self._counts) >= _MAX_KEYS:
+                self._forget()
+            count = self._counts[quota.key] = _Count(quota.expires_ms)
+        count.pending += quota.cost
+        self._dirty[quota.key] = count
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(FLUSH, self._start_write)
+
+    async def close(self) -> None:
+        """Write what is counted and not written yet."""
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        if self._writing is not None:
+            await self._writing
+        await self._write()
+
+    def _start_write(self) -> None:
+        self._flush = None
+        if self._writing is not None and not self._writing.done():
+            self._flush = asyncio.get_running_loop().call_later(FLUSH, self._start_write)
+            return
+        self._writing = asyncio.get_running_loop().create_task(self._write())
+
+    async def _write(self) -> None:
+        batch: list[Quota] = []
+        for key, count in self._dirty.items():
+            count.flushing, count.pending = count.pending, 0.0
+            batch.append(Quota(key, UNBOUNDED, count.flushing, count.expires_ms))
+        self._dirty = {}
+        if not batch:
+            return
+        _, verdict = await self._guard.call(self._store.limits_admit((), (), batch, "", 0.0))
+        written = {s.key: UNBOUNDED - s.remaining for s in verdict.limits} if verdict else {}
+        for quota in batch:
+            kept = self._counts.get(quota.key)
+            if kept is not None:
+                total = written.get(quota.key)
+                kept.known = total if total is not None else kept.known + kept.flushing
+                kept.flushing = 0.0
+        now_ms = time.time() * 1000
+        over = []
+        for key, count in self._counts.items():  # the oldest first: stop at a live one
+            if count.expires_ms > now_ms:
+                break
+            over.append(key)
+        for key in over:
+            del self._counts[key]
+
+    def _forget(self) -> None:
+        """Make room: drop the counters with nothing left to write (the store keeps them)."""
+        for key in [k for k, c in self._counts.items() if not (c.pending or c.flushing)]:
+            del self._counts[key]
+        if len(self._counts) >= _MAX_KEYS:
+            self._counts.clear()
+            self._dirty.clear()
