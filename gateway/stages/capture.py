@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.model import Endpoint
-from gateway.transcode import Assembly, complete
+from gateway.transcode import Assembly, complete, finished
 
 
 @dataclass(slots=True)
@@ -23,6 +24,7 @@ class Capture:
     status: int = 0  # 0 until the relay answers
     headers: Mapping[str, str] = field(default_factory=dict)  # as the client got them
     body: bytes | None = None  # a whole answer (or a whole error answer)
+    parsed: Any = None  # ... and its JSON, if the relay read it
     assembly: Assembly | None = None  # a stream's runs, folded as they come
     assembled: bytes | None = None  # ... and their body, once asked for
     streamed: int = 0  # bytes of events seen
@@ -63,6 +65,10 @@ class Capture:
         if self.assembly is not None:  # once: `answer` may be asked again
             self.assembled, self.assembly = self.assembly.body(), None
         body = self.body if self.body is not None else self.assembled
-        if body is None or len(body) > self.limit or not complete(self.endpoint, body, cut_short):
+        if body is None or len(body) > self.limit:
             return None
-        return body
+        if self.parsed is not None and self.body is not None:
+            done = finished(self.endpoint, self.parsed, cut_short)
+        else:
+            done = complete(self.endpoint, body, cut_short)
+        return body if done else None

@@ -66,7 +66,7 @@ async def relay_whole(
     headers = {**headers, "Content-Type": JSON}
     if capture is not None:
         capture.status, capture.headers = 200, headers
-        capture.body, capture.complete = reply.body, True
+        capture.body, capture.parsed, capture.complete = reply.body, parsed, True
     await downstream.reply(200, headers, reply.body)
 
 

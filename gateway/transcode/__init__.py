@@ -105,6 +105,11 @@ def complete(endpoint: Endpoint, body: bytes, cut_short: bool = False) -> bool:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
         return False
+    return finished(endpoint, doc, cut_short)
+
+
+def finished(endpoint: Endpoint, doc: Any, cut_short: bool = False) -> bool:
+    """`complete`, of a body already parsed."""
     if not isinstance(doc, dict) or doc.get("error") is not None:
         return False
     if endpoint is Endpoint.RESPONSES:
