@@ -183,6 +183,9 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--stream", action="store_true", help="streams of 40 chunks instead")
     parser.add_argument(
+        "--hits", action="store_true", help="one prompt again and again: cache hits, not misses"
+    )
+    parser.add_argument(
         "--baseline", action="store_true",
         help="also the bare pass-through under the same load, and the gateway's ratio to it",
     )  # fmt: skip
@@ -218,7 +221,9 @@ def run(children: Children, work: Path, args: argparse.Namespace) -> int:
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     body = json.dumps({**_BODY, "stream": True} if args.stream else _BODY)
     measured = "first_byte_ms" if args.stream else "end_ms"
-    env = {"SAVEPOINT_BENCH_BODY": body, "SAVEPOINT_BENCH_UNIQUE": _UNIQUE}
+    if args.hits:
+        body = body.replace(_UNIQUE, "again")
+    env = {"SAVEPOINT_BENCH_BODY": body, "SAVEPOINT_BENCH_UNIQUE": "" if args.hits else _UNIQUE}
 
     runs = itertools.count(1)
 

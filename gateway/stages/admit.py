@@ -99,16 +99,17 @@ class Admission:
         if guard.enabled or (guard.enabled is None and limits):
             request = fingerprint("POST", call.endpoint.path, call.body)
             repeat, *runs = guard_limits(guard, principal.name, request, run, reservation, now)
-            if self._repeats.count(repeat.key):  # a repeat: counted in the store, exactly
+            count = self._repeats.count(repeat.key)
+            if 0 < count <= guard.repeats:  # a repeat that may cross the threshold: exactly
                 again, repeated = self._repeats.claim(repeat.key), repeat.key
                 runs.insert(0, dataclasses.replace(repeat, cost=repeat.cost + again))
                 repeat = None
             limits = Limits(limits.rates, limits.slots, limits.quotas + tuple(runs))
         if not limits and repeat is None:  # the estimate alone, for the deployments' limits
             return Ticket(limits, reservation, trace.request_id) if counted else None
-        if repeat is not None:
-            seen = repeat_status(repeat, repeat.cost, now)
-            if repeat.cost > repeat.limit:  # blocking, at a threshold below 1
+        if repeat is not None:  # a first sighting, or a loop already past the threshold
+            seen = repeat_status(repeat, count + repeat.cost, now)
+            if count + repeat.cost > repeat.limit:  # only when the guard blocks
                 raise refusal(Verdict(False, (seen,), 0.0, seen), spec.name)
         statuses = None
         try:

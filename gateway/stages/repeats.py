@@ -1,6 +1,7 @@
 """The loop guard's count of a request's repeats (`g/<client>/<fingerprint>/<window>`,
 `decide.admission`): the first time this worker sees a request, counted here and written to
-the store behind it; each time after, counted in the store with its admission, as before.
+the store behind it; each time after, up to the guard's threshold, counted in the store with
+its admission, as before; past the threshold, here and behind it again.
 
 Nearly every request is the first of its fingerprint: counting each in the store on its
 admission was a store write per request, for a counter that matters only from its
@@ -9,6 +10,11 @@ first sightings of the last `FLUSH` seconds go to the store together, in one cal
 (a fingerprint this worker has counted before) is counted in the store with its admission,
 with what this worker had not written yet: exact across every worker and replica, and refused
 atomically when the guard blocks.
+
+Past the threshold the store is no longer asked: the request is a loop whatever the other
+workers counted (and when the guard blocks, it is refused here, and a refusal counts
+nothing), so a prompt answered from the cache again and again costs no store call per
+request; the count its answers show (`x-savepoint-loop`) is this worker's view.
 
 So a loop is seen as before, except that a request another worker or replica has sent before
 but this one has not is taken for a first sighting: a loop that hops between N workers is
