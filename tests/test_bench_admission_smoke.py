@@ -78,10 +78,11 @@ def test_admission_benchmark_smoke_measures_every_target(tmp_path: Path) -> None
             assert added["rps_ratio"] > 0
             assert set(added["evalsha_per_request"]) == {"wrk", "openloop"}
             assert "cpu_us_added" in added
-    # Admission reaches Redis: one admit per request with the guard, admit + settle with limits
-    # (a lower bound: anything else using this Redis only adds calls).
+    # Admission reaches Redis where it must: an admit and a settle per request for the limits'
+    # concurrency slots (a lower bound: anything else using this Redis only adds calls). The
+    # guard counts the same request past its threshold (20) in the worker: no call each.
     redis = result["comparison"]["redis"]
-    assert redis["guard"]["evalsha_per_request"]["openloop"] >= 0.95
     assert redis["limits"]["evalsha_per_request"]["openloop"] >= 1.5
+    assert redis["guard"]["evalsha_per_request"]["openloop"] < 0.5
     assert result["redis_ping_ms"]["p50"] > 0
     assert result["redis_keys_deleted"] >= 0  # the run's Redis keys were cleaned up

@@ -14,7 +14,6 @@ store must not become an outage of the gateway), logged once per outage; the ans
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Mapping
 
@@ -31,16 +30,15 @@ from gateway.decide.admission import (
     needs_tokens,
     ratelimit_headers,
     refusal,
-    repeat_status,
     settlement,
 )
 from gateway.decide.cost import cost_usd, deployment_prices
 from gateway.decide.keys import fingerprint
-from gateway.decide.limits import Quota, Status, Verdict
+from gateway.decide.limits import Status, Verdict
 from gateway.model import Call, Principal, Trace, Usage
 from gateway.stages.guard import StoreGuard
 from gateway.stages.leases import Leases
-from gateway.stages.repeats import Repeats
+from gateway.stages.repeats import Counting, Repeats
 from gateway.stores.base import Store
 from gateway.tokens import Tokenizer
 from gateway.values import value
@@ -94,37 +92,30 @@ class Admission:
         reservation = await self._reserve(client, spec, call, counted)
         now = time.time()
         limits = limits_for(client, spec, reservation, now)
-        repeat: Quota | None = None  # the guard's count of this request, if written behind
-        again, repeated = 0.0, ""  # a repeat counted in the store now: what was not written
+        counting: Counting | None = None  # the guard's count of this request
         if guard.enabled or (guard.enabled is None and limits):
             request = fingerprint("POST", call.endpoint.path, call.body)
             repeat, *runs = guard_limits(guard, principal.name, request, run, reservation, now)
-            count = self._repeats.count(repeat.key)
-            if 0 < count <= guard.repeats:  # a repeat that may cross the threshold: exactly
-                again, repeated = self._repeats.claim(repeat.key), repeat.key
-                runs.insert(0, dataclasses.replace(repeat, cost=repeat.cost + again))
-                repeat = None
+            counting = self._repeats.counting(repeat, guard.repeats)
+            if counting.in_store:
+                runs.insert(0, counting.quota)
             limits = Limits(limits.rates, limits.slots, limits.quotas + tuple(runs))
-        if not limits and repeat is None:  # the estimate alone, for the deployments' limits
+        if not limits and counting is None:  # the estimate alone, for the deployments' limits
             return Ticket(limits, reservation, trace.request_id) if counted else None
-        if repeat is not None:  # a first sighting, or a loop already past the threshold
-            seen = repeat_status(repeat, count + repeat.cost, now)
-            if count + repeat.cost > repeat.limit:  # only when the guard blocks
-                raise refusal(Verdict(False, (seen,), 0.0, seen), spec.name)
+        if counting is not None and counting.over:
+            seen = counting.status(now)
+            raise refusal(Verdict(False, (seen,), 0.0, seen), spec.name)
         statuses = None
         try:
             statuses = await self._take(limits, spec, trace, (principal.name, spec.name))
         finally:
-            if again and statuses is None:  # refused, or the store is away: still to write
-                self._repeats.unclaim(repeated, again)
+            if statuses is None and counting is not None:
+                self._repeats.failed(counting)
         if statuses is None:
             trace.extra_headers["x-savepoint-degraded"] = "store"
             return None
-        if repeat is not None:
-            self._repeats.add(repeat)
-            statuses += (seen,)
-        else:
-            self._repeats.learn(statuses)
+        if counting is not None:
+            statuses = self._repeats.counted(counting, statuses, now)
         verdict = Verdict(True, statuses)
         trace.extra_headers.update(ratelimit_headers(verdict))
         self._warn(client, verdict, trace)

@@ -1,7 +1,7 @@
 """The loop guard's count of a request's repeats (`g/<client>/<fingerprint>/<window>`,
 `decide.admission`): the first time this worker sees a request, counted here and written to
-the store behind it; each time after, up to the guard's threshold, counted in the store with
-its admission, as before; past the threshold, here and behind it again.
+the store behind it; each time after, until the count reaches the guard's threshold, counted
+in the store with its admission, as before; from then on, here and behind it again.
 
 Nearly every request is the first of its fingerprint: counting each in the store on its
 admission was a store write per request, for a counter that matters only from its
@@ -11,10 +11,10 @@ first sightings of the last `FLUSH` seconds go to the store together, in one cal
 with what this worker had not written yet: exact across every worker and replica, and refused
 atomically when the guard blocks.
 
-Past the threshold the store is no longer asked: the request is a loop whatever the other
-workers counted (and when the guard blocks, it is refused here, and a refusal counts
-nothing), so a prompt answered from the cache again and again costs no store call per
-request; the count its answers show (`x-savepoint-loop`) is this worker's view.
+Once the count has reached the threshold the store is no longer asked: the next request is a
+loop whatever the other workers counted (when the guard blocks, it is refused here, and a
+refusal counts nothing), so a prompt answered from the cache again and again costs no store
+call per request; the count its answers show (`x-savepoint-loop`) is this worker's view.
 
 So a loop is seen as before, except that a request another worker or replica has sent before
 but this one has not is taken for a first sighting: a loop that hops between N workers is
@@ -26,17 +26,38 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from dataclasses import replace
 
-from gateway.decide.admission import UNBOUNDED
+from gateway.decide.admission import UNBOUNDED, repeat_status
 from gateway.decide.limits import Quota, Status
 from gateway.stages.guard import StoreGuard
 from gateway.stores.base import Store
+from gateway.values import value
 
 FLUSH = 0.05  # seconds between writes of the counts
 # Counters held (about 300 bytes each): past it, those with nothing to write are forgotten, and
 # a loop among them is seen one repeat later (when its next count comes back from the store).
 _MAX_KEYS = 20_000
+
+
+@value
+class Counting:
+    """How one request's repeat counter is counted: here (and written behind), or in the
+    store with its admission (`in_store`, with what this worker `claimed`: its count not
+    written yet). `known`: this worker's count before the request."""
+
+    quota: Quota
+    known: float
+    claimed: float
+    in_store: bool
+
+    @property
+    def over(self) -> bool:
+        """Counted here and past the counter's limit: the threshold, when the guard blocks."""
+        return not self.in_store and self.known + self.quota.cost > self.quota.limit
+
+    def status(self, now: float) -> Status:
+        return repeat_status(self.quota, self.known + self.quota.cost, now)
 
 
 class _Count:
@@ -61,35 +82,43 @@ class Repeats:
         self._flush: asyncio.TimerHandle | None = None
         self._writing: asyncio.Task[None] | None = None
 
-    def count(self, key: str) -> float:
-        """What the counter holds, as far as this worker knows."""
-        count = self._counts.get(key)
-        return count.total() if count is not None else 0.0
+    def counting(self, quota: Quota, threshold: int) -> Counting:
+        """How to count this request (`quota`: its counter, `guard_limits`' first): in the
+        store with its admission while it is a repeat below the threshold (the store's count
+        decides whether it crosses it), here otherwise: a first sighting, or a loop whose
+        count has reached the threshold already (counts only grow within a window)."""
+        count = self._counts.get(quota.key)
+        known = count.total() if count is not None else 0.0
+        if count is None or not 0 < known < threshold:
+            return Counting(quota, known, 0.0, False)
+        pending, count.pending = count.pending, 0.0  # written with the admission now
+        self._dirty.pop(quota.key, None)
+        return Counting(replace(quota, cost=quota.cost + pending), known, pending, True)
 
-    def claim(self, key: str) -> float:
-        """This worker's count of `key` not written yet, taken out: the caller writes it."""
-        count = self._counts[key]
-        pending, count.pending = count.pending, 0.0
-        self._dirty.pop(key, None)
-        return pending
-
-    def unclaim(self, key: str, pending: float) -> None:
-        """The caller could not write what it claimed: written behind after all."""
-        count = self._counts.get(key)
-        if count is not None:
-            count.pending += pending
-            self._dirty[key] = count
+    def failed(self, counting: Counting) -> None:
+        """The request was refused, or the store is away: what it claimed is written behind
+        after all."""
+        count = self._counts.get(counting.quota.key)
+        if counting.claimed and count is not None:
+            count.pending += counting.claimed
+            self._dirty[counting.quota.key] = count
             self._schedule()
 
-    def learn(self, statuses: Iterable[Status]) -> None:
-        """Counts the store just gave (a repeat counted with its admission)."""
-        for status in statuses:
-            count = self._counts.get(status.key) if status.key[0] == "g" else None
-            if count is not None:
-                count.known = status.limit - status.remaining
+    def counted(
+        self, counting: Counting, statuses: tuple[Status, ...], now: float
+    ) -> tuple[Status, ...]:
+        """The request was admitted (`statuses`: its limits'): count it here, or learn the
+        count the store gave. Its limits' statuses, the counter's included."""
+        if counting.in_store:
+            for status in statuses:
+                count = self._counts.get(status.key) if status.key == counting.quota.key else None
+                if count is not None:
+                    count.known = status.limit - status.remaining
+            return statuses
+        self._add(counting.quota)
+        return (*statuses, counting.status(now))
 
-    def add(self, quota: Quota) -> None:
-        """Count the request; written to the store within `FLUSH` seconds."""
+    def _add(self, quota: Quota) -> None:
         count = self._counts.get(quota.key)
         if count is None:
             if len(self._counts) >= _MAX_KEYS:

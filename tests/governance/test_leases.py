@@ -166,3 +166,31 @@ def test_the_loop_guard_counts_a_request_repeated_across_gateways(gateways: Gate
     finally:
         for g in two:
             g.proc.stop()
+
+
+def test_a_prompt_answered_from_the_cache_again_and_again_costs_no_store_call_each_time(
+    gateways: Gateways, own_redis: OwnRedis
+) -> None:
+    scope = f"{SCOPE}-hot"
+    store = f'{{kind: redis, url: "{own_redis.url}"}}'
+    cached = "  cached: {targets: [up/mock-gpt], cache: {enabled: true}}\n"
+    policy = _policy(store, scope, "alice", "limits: {rpm: 1000000}")
+    gw = gateways.start(policy.replace("clients:", cached + "clients:"), shared=False)
+    try:
+        client = gw.client(api_key=ALICE, max_retries=0)
+        before = _script_calls(own_redis)
+        answers = [
+            client.chat.completions.with_raw_response.create(
+                model="cached", messages=[{"role": "user", "content": "the same again"}]
+            )
+            for _ in range(100)
+        ]
+        calls = _script_calls(own_redis) - before
+        assert [a.headers["x-savepoint-cache"] for a in answers] == ["miss"] + ["hit"] * 99
+        assert gateways.mock.scope_count(scope) == 1
+        # The loop guard (20 repeats by default) counts the repeats below its threshold in
+        # the store, exactly; past it they are a loop whatever else is counted.
+        assert [("x-savepoint-loop" in a.headers) for a in answers] == [False] * 20 + [True] * 80
+        assert calls < 40, calls
+    finally:
+        gw.proc.stop()
