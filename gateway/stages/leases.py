@@ -34,6 +34,9 @@ from gateway.values import value
 
 L = TypeVar("L", Rate, Quota)
 _IDLE = 60.0  # seconds without a request after which a limit's record is forgotten
+# Plans between two looks for idle records: a budget's key changes with its period, so the
+# records of past periods (and of limits never leased) would otherwise stay for good.
+_PRUNE_EVERY = 10_000
 
 
 class _Held:
@@ -84,11 +87,15 @@ class Leases:
         self._held: dict[str, _Held] = {}
         self._sweep: asyncio.TimerHandle | None = None
         self._returning: asyncio.Task[None] | None = None
+        self._plans = 0
 
     def plan(self, rates: Sequence[Rate], quotas: Sequence[Quota]) -> Plan:
         """Take what leases cover (for good: `undo` puts it back) and say what the store must
         admit; quotas that are not leasable go to the store as they are."""
         now = asyncio.get_running_loop().time()
+        self._plans += 1
+        if self._plans % _PRUNE_EVERY == 0:
+            self._prune(now)
         local: list[tuple[str, float]] = []
         top_ups: list[tuple[str, float]] = []
         remote_rates: list[Rate] = []
@@ -197,6 +204,12 @@ class Leases:
                 await self._returning
         await self._give_back(everything=True)
 
+    def _prune(self, now: float) -> None:
+        """Forget the limits idle for `_IDLE` seconds that hold nothing."""
+        for key in [k for k, h in self._held.items() if h.balance <= 0 and not h.topping
+                    and now - h.last > _IDLE]:  # fmt: skip
+            del self._held[key]
+
     def _done_topping(self, plan: Plan) -> None:
         for key, _ in plan.top_ups:
             self._held[key].topping = False
@@ -213,19 +226,17 @@ class Leases:
 
     async def _give_back(self, everything: bool = False) -> None:
         """Write back what is left of the leases that lapsed (or of all of them), in one
-        store call; forget the limits idle for a minute; sweep again while leases are held."""
+        store call; sweep again while leases are held."""
         now = asyncio.get_running_loop().time()
         rates: list[Rate] = []
         quotas: list[Quota] = []
-        for key, held in list(self._held.items()):
+        for held in self._held.values():
             if held.balance > 0 and (everything or held.expires <= now):
                 if isinstance(held.limit, Rate):
                     rates.append(dataclasses.replace(held.limit, cost=-held.balance))
                 else:
                     quotas.append(dataclasses.replace(held.limit, cost=-held.balance))
                 held.balance = 0.0
-            elif held.balance <= 0 and not held.topping and now - held.last > _IDLE:
-                del self._held[key]
         if rates or quotas:
             await self._guard.call(self._store.limits_settle(rates, quotas, (), ""))
         if not everything and any(h.balance > 0 for h in self._held.values()):
