@@ -11,11 +11,14 @@ response cache on the model, the usage ledger, metrics, the access log, breakers
 `limits` (production plus the client's rpm, tpm and a USD budget, with the default loop
 guard riding along); `--store redis` starts a redis-server of its own; `--connections 1`
 measures one request at a time; `--stream` sends streams of 40 chunks (and `--rate` then
-measures the first byte); `--baseline` measures the bare pass-through
-(`passthrough.py`) on CPU 0 under the same load after the gateway, and prints the gateway's
-ratios to it (requests/s, CPU per request); `--rate R` adds the latency at R requests/s (open loop,
-prompts no earlier phase sent) of the gateway and of the mock called directly, their
-difference, and the gateway's CPU and context switches per request by thread at that rate.
+measures the first byte); `--hits` sends one prompt again and again (cache hits, and the loop
+guard's repeats); each load run (the warm-up, the measured run) sends prompts of its own;
+with `--store redis` the redis-server's CPU per request is printed too; `--baseline`
+measures the bare pass-through (`passthrough.py`) on CPU 0 under the same load after the
+gateway, and prints the gateway's ratios to it (requests/s, CPU per request); `--rate R`
+adds the latency at R requests/s (open loop, prompts no earlier phase sent) of the gateway
+and of the mock called directly, their difference, and the gateway's CPU and context
+switches per request by thread at that rate.
 Prints requests/s and the CPU µs per request of each thread of the gateway (from
 /proc/<pid>/task/*/stat, before and after the load); with `--profile`, also runs
 `py-spy record` on the event-loop thread for as long again and prints the functions with
