@@ -13,9 +13,10 @@ interval, what the workers held at its start: at most a lease each, about `HORIZ
 worker's own rate (1/240 of a minute's limit, if one worker used all of it).
 
 What a lease costs is the other way round: units one worker holds unused are refused to the
-others until it uses them or gives them back (`LEASE_TTL` at the latest, and at shutdown; a
-crashed worker's lease is lost, which a rate makes good within a minute and a budget does not:
-at most a quarter second of that worker's spending). Hence the bounds:
+others until it uses them or gives them back: once the lease lapses (`LEASE_TTL` after its
+last top-up; the sweep that returns it runs every `LEASE_TTL`), and at shutdown. A crashed
+worker's lease is lost, which a rate makes good within a minute and a budget does not: at
+most a quarter second of that worker's spending. Hence the bounds:
 
 - a lease covers what the worker used in the last `HORIZON` seconds, never more than
   1/`SHARE` of what the store said was left: near its end a limit is leased in ever smaller

@@ -6,7 +6,8 @@ cover go to the store with the request, each with a top-up when the limit is bus
 (`plan`). What the store admitted is added to the leases (`admitted`); what it refused is put
 back (`undo`). A settlement's credit (a request that took fewer tokens than it reserved) goes
 back into a live lease instead of a store write (`credit`). What is left of a lease goes back
-to the store `LEASE_TTL` after it was taken, and at shutdown (`close`).
+to the store once the lease lapses (`LEASE_TTL` after its last top-up; a sweep every
+`LEASE_TTL` returns the lapsed ones, so within twice that), and at shutdown (`close`).
 
 The answer's `x-ratelimit-remaining-*` for a leased limit is what the store said was left
 plus what this worker still holds (at most the limit: a rate refills meanwhile): exact with
