@@ -232,7 +232,7 @@ def ratelimit_headers(verdict: Verdict) -> dict[str, str]:
                 if tight is None or status.remaining < tight.remaining:
                     tightest[kind] = status
     headers: dict[str, str] = {}
-    for kind, tight in sorted(tightest.items()):
+    for kind, tight in tightest.items():
         headers[f"x-ratelimit-limit-{kind}"] = str(int(tight.limit))
         headers[f"x-ratelimit-remaining-{kind}"] = str(int(tight.remaining))
         headers[f"x-ratelimit-reset-{kind}"] = go_duration(tight.reset)

@@ -67,7 +67,7 @@ class Capture:
         body = self.body if self.body is not None else self.assembled
         if body is None or len(body) > self.limit:
             return None
-        if self.parsed is not None and self.body is not None:
+        if self.parsed is not None:  # set with `body` by the relay
             done = finished(self.endpoint, self.parsed, cut_short)
         else:
             done = complete(self.endpoint, body, cut_short)

@@ -161,11 +161,11 @@ class Leases:
             self._sweep_later()
         statuses: list[Status] = []
         for status in verdict.limits if verdict is not None else ():
-            store = self._held.get(status.key) if status.kind is not Kind.SLOTS else None
-            if store is None:
+            leased = self._held.get(status.key) if status.kind is not Kind.SLOTS else None
+            if leased is None:
                 statuses.append(status)
             else:
-                store.status = status
+                leased.status = status
         for key in (*(k for k, _ in plan.local), *(r.key for r in plan.rates),
                     *(q.key for q in plan.quotas)):  # fmt: skip
             mine = self._held.get(key)
