@@ -86,10 +86,14 @@ class Repeats:
         """How to count this request (`quota`: its counter, `guard_limits`' first): in the
         store with its admission while it is a repeat below the threshold (the store's count
         decides whether it crosses it), here otherwise: a first sighting, or a loop whose
-        count has reached the threshold already (counts only grow within a window)."""
+        count has reached the threshold already (counts only grow within a window).
+
+        While this worker's write of the counter is in flight, the count it knows may hold
+        that write twice (a repeat's store count can include it before the write's answer
+        is back): then even a count at the threshold is asked of the store, which is exact."""
         count = self._counts.get(quota.key)
         known = count.total() if count is not None else 0.0
-        if count is None or not 0 < known < threshold:
+        if count is None or known <= 0 or (known >= threshold and not count.flushing):
             return Counting(quota, known, 0.0, False)
         pending, count.pending = count.pending, 0.0  # written with the admission now
         self._dirty.pop(quota.key, None)
@@ -112,8 +116,8 @@ class Repeats:
         if counting.in_store:
             for status in statuses:
                 count = self._counts.get(status.key) if status.key == counting.quota.key else None
-                if count is not None:
-                    count.known = status.limit - status.remaining
+                if count is not None:  # counts only grow: the larger is the later
+                    count.known = max(count.known, status.limit - status.remaining)
             return statuses
         self._add(counting.quota)
         return (*statuses, counting.status(now))
@@ -161,8 +165,10 @@ class Repeats:
         for quota in batch:
             kept = self._counts.get(quota.key)
             if kept is not None:
-                total = written.get(quota.key)
-                kept.known = total if total is not None else kept.known + kept.flushing
+                total = written.get(quota.key)  # older than a repeat's count meanwhile?
+                kept.known = (
+                    max(kept.known, total) if total is not None else kept.known + kept.flushing
+                )
                 kept.flushing = 0.0
         now_ms = time.time() * 1000
         over = []
