@@ -125,29 +125,22 @@ class Admission:
     async def _take(
         self, limits: Limits, spec: ModelSpec, trace: Trace, who: tuple[str, str]
     ) -> tuple[Status, ...] | None:
-        """Take the request's share of every limit, from this worker's leases where they
-        cover it and in the store otherwise: the limits' statuses, None if the store could
-        not be asked (fail open), or raise the 429 (and take nothing)."""
-        plan = self._leases.plan(limits.rates, limits.quotas)
-        if not (plan.rates or plan.quotas or limits.slots):
-            self._leased.add(who)
-            return self._leases.admitted(plan, None)
-        self._leased.discard(who)
+        """Take the request's share of every limit (`Leases.take`): the limits' statuses,
+        None if the store could not be asked (fail open), or raise the 429 (and take
+        nothing)."""
         lease = spec.deadline + _LEASE_MARGIN
-        while True:
-            admit = self._store.limits_admit(
-                plan.rates, limits.slots, plan.quotas, trace.request_id, lease
-            )
-            ok, verdict = await self._guard.call(admit)
-            if not ok or verdict is None:
-                self._leases.failed(plan)
-                return None
-            if verdict.allowed:
-                return self._leases.admitted(plan, verdict)
-            if not plan.top_ups:
-                self._leases.undo(plan)
-                raise refusal(verdict, spec.name)  # its code goes on the trace where rendered
-            plan = self._leases.without_top_ups(plan)  # refused with a lease: try without
+        verdict, asked = await self._leases.take(
+            limits.rates, limits.slots, limits.quotas, trace.request_id, lease
+        )
+        if asked:
+            self._leased.discard(who)
+        else:
+            self._leased.add(who)
+        if verdict is None:
+            return None
+        if not verdict.allowed:
+            raise refusal(verdict, spec.name)  # its code goes on the trace where rendered
+        return verdict.limits
 
     def calls_store(self, principal: Principal, spec: ModelSpec) -> bool:
         """Whether admitting this client's request for this model is likely to take a store
@@ -179,10 +172,7 @@ class Admission:
             actual = Reservation(trace.usage.total_tokens, self._micro_usd(trace.usage, trace))
         elif not trace.attempts:
             actual = Reservation(0, 0)
-        fix = settlement(ticket.limits, actual)
-        rates, quotas = self._leases.credit(fix.rates, fix.quotas)
-        fix = Limits(rates, fix.slots, quotas)
-        await write_settlement(self._store, self._guard, fix, ticket.request_id)
+        await self._leases.settle(settlement(ticket.limits, actual), ticket.request_id)
 
     async def close(self) -> None:
         await self._leases.close()
@@ -246,18 +236,6 @@ class Admission:
             self._warned.clear()
         self._warned.add(key)
         return True
-
-
-async def write_settlement(store: Store, guard: StoreGuard, fix: Limits, request_id: str) -> None:
-    """Write a settlement: nothing when there is nothing to correct and no slot to give back;
-    slots are given back before this returns, token corrections alone in the background."""
-    if not fix:
-        return
-    write = store.limits_settle(fix.rates, fix.quotas, fix.slots, request_id)
-    if fix.slots:
-        await guard.call(write)
-    else:
-        guard.later(write)
 
 
 def _any_limit(client: ClientSpec | None, spec: ModelSpec) -> bool:

@@ -27,8 +27,9 @@ import dataclasses
 from collections.abc import Sequence
 from typing import TypeVar
 
+from gateway.decide.admission import Limits
 from gateway.decide.leases import HORIZON, LEASE_TTL, lease_size, leased_quota
-from gateway.decide.limits import Kind, Quota, Rate, Status, Verdict
+from gateway.decide.limits import Kind, Quota, Rate, Slots, Status, Verdict
 from gateway.stages.guard import StoreGuard
 from gateway.stores.base import Store
 from gateway.values import value
@@ -128,6 +129,47 @@ class Leases:
             else:
                 remote_quotas.append(limit)
         return Plan(tuple(local), tuple(remote_rates), tuple(remote_quotas), tuple(top_ups))
+
+    async def take(
+        self,
+        rates: Sequence[Rate],
+        slots: Sequence[Slots],
+        quotas: Sequence[Quota],
+        request_id: str,
+        lease: float,
+    ) -> tuple[Verdict | None, bool]:
+        """Admit a request through its limits, from leases where they cover it and in the
+        store otherwise: (the verdict, whether the store was asked). Admitted, the verdict's
+        statuses count what this worker holds; refused, it is the store's, and nothing is
+        taken; None when the store could not be asked (fail open)."""
+        plan = self.plan(rates, quotas)
+        if not (plan.rates or plan.quotas or slots):
+            return Verdict(True, self.admitted(plan, None)), False
+        while True:
+            admit = self._store.limits_admit(plan.rates, slots, plan.quotas, request_id, lease)
+            ok, verdict = await self._guard.call(admit)
+            if not ok or verdict is None:
+                self.failed(plan)
+                return None, True
+            if verdict.allowed:
+                return Verdict(True, self.admitted(plan, verdict)), True
+            if not plan.top_ups:
+                self.undo(plan)
+                return verdict, True
+            plan = self.without_top_ups(plan)  # refused with a lease: try without
+
+    async def settle(self, fix: Limits, request_id: str) -> None:
+        """Write a settlement (`decide.admission.settlement`): credits to live leases join
+        them; slots are given back before this returns, token corrections in the
+        background; nothing when nothing is left to write."""
+        rates, quotas = self.credit(fix.rates, fix.quotas)
+        if not (rates or quotas or fix.slots):
+            return
+        write = self._store.limits_settle(rates, quotas, fix.slots, request_id)
+        if fix.slots:
+            await self._guard.call(write)
+        else:
+            self._guard.later(write)
 
     def without_top_ups(self, plan: Plan) -> Plan:
         """The same request without its top-ups (the store refused it with them)."""

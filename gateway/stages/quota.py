@@ -1,5 +1,6 @@
 """Limits of a deployment: each attempt at a deployment with `providers.<p>.limits` takes its
-share (a request, its token estimate, a slot) first, in one store call, and gives back what it
+share (a request, its token estimate, a slot) first, in one store call or from this worker's
+lease on a busy rate (`stages/leases.py`, as a client's limits are), and gives back what it
 did not use when the attempt is over. A deployment over its limit is skipped, as one cooling
 down after a 429 would be: the request moves to the next deployment of its group or route
 instead of earning a 429 from the provider. A store that cannot be reached lets attempts
@@ -20,8 +21,8 @@ from gateway.decide.admission import (
     settlement,
 )
 from gateway.errors import SavepointError
-from gateway.stages.admit import write_settlement
 from gateway.stages.guard import MAX_PENDING, StoreGuard
+from gateway.stages.leases import Leases
 from gateway.stores.base import Store
 
 _LEASE_MARGIN = 60.0  # a slot outlives the route's deadline by this much (a dead gateway's)
@@ -36,8 +37,8 @@ class DeploymentQuota:
         max_pending: int = MAX_PENDING,
     ):
         self._specs = specs
-        self._store = store
         self._guard = StoreGuard("limits", events, max_pending)
+        self._leases = Leases(store, self._guard)
 
     def covers(self, label: str) -> bool:
         return label in self._specs
@@ -48,19 +49,20 @@ class DeploymentQuota:
         """(what to give back later, None) when the attempt may go; (None, the refusal) when
         the deployment is over its limit."""
         limits = deployment_limits(label, self._specs[label], tokens)
-        lease = deadline + _LEASE_MARGIN
-        admit = self._store.limits_admit(limits.rates, limits.slots, (), request_id, lease)
-        ok, verdict = await self._guard.call(admit)
-        if not ok or verdict is None:
+        verdict, _ = await self._leases.take(
+            limits.rates, limits.slots, (), request_id, deadline + _LEASE_MARGIN
+        )
+        if verdict is None:
             return None, None  # fail open; nothing to give back
         if not verdict.allowed:
             return None, refusal(verdict, label)
         return limits, None
 
     async def give_back(self, limits: Limits, used_tokens: int, request_id: str) -> None:
-        """Once the attempt is over: its slot at once, the token correction in the background."""
-        fix = settlement(limits, Reservation(used_tokens, None))
-        await write_settlement(self._store, self._guard, fix, request_id)
+        """Once the attempt is over: its slot at once, the token correction in the background
+        (or into this worker's lease)."""
+        await self._leases.settle(settlement(limits, Reservation(used_tokens, None)), request_id)
 
     async def close(self) -> None:
+        await self._leases.close()
         await self._guard.close()

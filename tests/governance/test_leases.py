@@ -89,6 +89,33 @@ def test_a_busy_limit_is_admitted_with_a_store_call_per_many_requests(
         gw.proc.stop()
 
 
+def test_a_busy_deployment_limit_is_leased_too(gateways: Gateways, own_redis: OwnRedis) -> None:
+    scope = f"{SCOPE}-deployment"
+    key = hashlib.sha256(ALICE.encode()).hexdigest()
+    deployment = "limits: {mock-gpt: {rpm: 1000000, tpm: 1000000000}}"
+    policy = f"""
+version: 1
+store: {{kind: redis, url: "{own_redis.url}"}}
+retries: {{attempts_per_target: 1}}
+providers:{mock_provider("up", scope=scope, extra=deployment)}
+models:
+  mock-gpt: {{targets: [up/mock-gpt]}}
+clients:
+  alice: {{key_sha256: {key}}}
+"""
+    gw = gateways.start(policy, shared=False)
+    try:
+        before = _script_calls(own_redis)
+        results = asyncio.run(_send(gw, 1500, 32))
+        calls = _script_calls(own_redis) - before
+        assert len(_ok(results)) == 1500
+        assert gateways.mock.scope_count(scope) == 1500  # no attempt skipped as over its limit
+        # An attempt's take and its token correction each, without leases: 3,000.
+        assert calls < 1500 / 4, calls
+    finally:
+        gw.proc.stop()
+
+
 def test_gateways_sharing_a_busy_limit_never_exceed_it(gateways: Gateways) -> None:
     scope = f"{SCOPE}-shared"
     store = f'{{kind: redis, url: "{SHARED_REDIS}"}}'
