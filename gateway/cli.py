@@ -18,8 +18,9 @@ from aiohttp import web
 from gateway import __version__, usage_command
 from gateway.app import build_app, counted_models, needs_tokenizer
 from gateway.config import Policy, PolicyError, load_policy
+from gateway.front import Shared, serve
 from gateway.mock import add_knob_arguments, build_mock_app, knobs_from_args
-from gateway.server import DRAIN, STORE
+from gateway.server import DRAIN, PIPELINE, RECORDS, STORE
 from gateway.tokens import EncodingFileError, Tokenizer
 from gateway.workers import Peers, port_taken, supervise, usable_cpus
 
@@ -209,9 +210,10 @@ async def _run_gateway(policy: Policy, host: str, port: int, peers: Peers | None
         shutdown_timeout=policy.server.drain_timeout + 10,
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=2048, reuse_port=peers is not None)
+    assert runner.server is not None, "set up above"
+    shared = Shared(app[PIPELINE], app[RECORDS].write, policy.server.max_body_bytes, runner.server)
     try:
-        await site.start()
+        listening = await serve(shared, host, port, reuse_port=peers is not None)
     except OSError as e:
         await runner.cleanup()
         if e.errno == errno.EADDRINUSE:
@@ -228,8 +230,9 @@ async def _run_gateway(policy: Policy, host: str, port: int, peers: Peers | None
     )
     await stop.wait()
     print("savepoint: draining in-flight requests", file=sys.stderr, flush=True)
-    await site.stop()  # stop accepting; keep serving what is in flight
+    listening.close()  # stop accepting; keep serving what is in flight
     await app[DRAIN].run(policy.server.drain_timeout)
+    shared.close_all()  # the front's connections; aiohttp's are closed by its cleanup
     await runner.cleanup()
     return 0
 

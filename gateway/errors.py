@@ -150,6 +150,10 @@ class NoHealthyTarget(UpstreamError):
     pass
 
 
+class HeadTooLarge(RequestError):
+    pass
+
+
 class GatewayUnavailable(SavepointError):
     pass
 
@@ -180,6 +184,7 @@ _TABLE: dict[type[SavepointError], HttpShape] = {
     MethodNotAllowed: HttpShape(405, "invalid_request_error", "method_not_allowed"),
     PayloadTooLarge: HttpShape(413, "invalid_request_error", "payload_too_large"),
     UnsupportedMediaType: HttpShape(415, "invalid_request_error", "unsupported_media_type"),
+    HeadTooLarge: HttpShape(431, "invalid_request_error", "request_header_fields_too_large"),
     IdempotencyConflict: HttpShape(409, "invalid_request_error", "idempotency_request_in_progress"),
     IdempotencyKeyReused: HttpShape(422, "invalid_request_error", "idempotency_key_reused"),
     Refused: HttpShape(429, "requests", "rate_limit_exceeded"),

@@ -24,6 +24,7 @@ from gateway.breakers import Health
 from gateway.config.schema import Policy
 from gateway.decide.auth import key_from_headers
 from gateway.decide.routing import may_use, visible_models
+from gateway.downstream import Downstream
 from gateway.errors import (
     ClientDisconnected,
     GatewayUnavailable,
@@ -124,17 +125,21 @@ async def errors_and_access_log(request: web.Request, handler: _Handler) -> web.
         log.exception("internal error on %s %s (request %s)", request.method, request.path,
                       trace.request_id)  # fmt: skip
         trace.status, trace.error_code = 500, "internal_error"
-        body = b'{"error":{"message":"internal gateway error; see the gateway log","type":' \
-               b'"server_error","param":null,"code":"internal_error"}}'  # fmt: skip
-        return web.Response(status=500, body=body, content_type="application/json")
+        return web.Response(status=500, body=INTERNAL_ERROR, content_type="application/json")
     finally:
         if not trace.detached and (trace.path != SCRAPE or trace.status != 200):
             request.app[RECORDS].write(trace, time.monotonic(), refused)
 
 
-def _render(
-    error: SavepointError, trace: Trace, extra: Mapping[str, str] | None = None
-) -> web.Response:
+INTERNAL_ERROR = (
+    b'{"error":{"message":"internal gateway error; see the gateway log","type":'
+    b'"server_error","param":null,"code":"internal_error"}}'
+)
+
+
+def error_reply(error: SavepointError, trace: Trace) -> tuple[int, dict[str, str], bytes]:
+    """The response for an error: its status, headers and OpenAI-shaped body, noted on the
+    trace. The one place an error becomes HTTP, for aiohttp's routes and the front's."""
     shape = shape_of(error)
     trace.status, trace.error_code = shape.status, shape.code
     headers = {
@@ -142,9 +147,16 @@ def _render(
         "x-request-id": trace.request_id,
         "Content-Type": "application/json",
     }
+    return shape.status, headers, error_body(error)
+
+
+def _render(
+    error: SavepointError, trace: Trace, extra: Mapping[str, str] | None = None
+) -> web.Response:
+    status, headers, body = error_reply(error, trace)
     if extra and "Allow" in extra:
         headers["Allow"] = extra["Allow"]
-    return web.Response(status=shape.status, body=error_body(error), headers=headers)
+    return web.Response(status=status, body=body, headers=headers)
 
 
 def _from_http_exception(request: web.Request, exc: web.HTTPException) -> SavepointError:
@@ -161,7 +173,10 @@ def _from_http_exception(request: web.Request, exc: web.HTTPException) -> Savepo
 
 
 def _too_large(request: web.Request) -> PayloadTooLarge:
-    limit = request.app[POLICY].server.max_body_bytes
+    return too_large(request.app[POLICY].server.max_body_bytes)
+
+
+def too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(
         f"the request body is larger than this gateway accepts ({limit} bytes, "
         "server.max_body_bytes in the policy)"
@@ -180,31 +195,41 @@ async def generation(endpoint: Endpoint, request: web.Request) -> web.StreamResp
         idempotency_key=request.headers.get("Idempotency-Key"),
         read_body=partial(_read_body, request),
     )
-    trace = request[TRACE]
+    await run_generation(request.app[PIPELINE], inbound, downstream, request[TRACE])
+    return downstream.response
+
+
+async def run_generation(
+    pipeline: Pipeline, inbound: Inbound, downstream: Downstream, trace: Trace
+) -> None:
+    """Run the pipeline; a bug after a stream's commit point ends the stream with an error
+    event (the status is already 200). Anything else is raised, for the caller to render."""
     try:
-        await request.app[PIPELINE].run(inbound, downstream, trace)
+        await pipeline.run(inbound, downstream, trace)
     except Exception as error:
         if not downstream.committed or isinstance(error, ClientDisconnected):
             raise
-        # A bug after the commit point: the status is already 200, so end the stream honestly.
         log.exception("internal error in a stream (request %s)", trace.request_id)
         trace.error_code = "internal_error"
         internal = SavepointError(
             "internal gateway error; see the gateway log", code="internal_error"
         )
-        await downstream.write(stream_error_event(internal, endpoint.typed_events))
+        await downstream.write(stream_error_event(internal, inbound.endpoint.typed_events))
         await downstream.finish()
-    return downstream.response
 
 
-async def _read_body(request: web.Request) -> bytes:
-    content_type = request.headers.get("Content-Type")
+def check_json(content_type: str | None) -> None:
+    """Refuse a request body that says it is not JSON (no Content-Type is taken as JSON)."""
     if content_type:
         mime = content_type.partition(";")[0].strip().lower()
         if mime != "application/json" and not mime.endswith("+json"):
             raise UnsupportedMediaType(
                 f"the request body must be JSON (Content-Type: application/json), got {mime}"
             )
+
+
+async def _read_body(request: web.Request) -> bytes:
+    check_json(request.headers.get("Content-Type"))
     try:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:

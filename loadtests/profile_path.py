@@ -9,7 +9,8 @@ profile by function.
 Policies: `default` (one model, nothing else), `production` (auth with one client, the
 response cache on the model, the usage ledger, metrics, the access log, breakers) and
 `limits` (production plus the client's rpm, tpm and a USD budget, with the default loop
-guard riding along); `--store redis` starts a redis-server of its own; `--connections 1`
+guard riding along), `deployment` (production plus the provider's own rpm and tpm on its
+model: `providers.up.limits`); `--store redis` starts a redis-server of its own; `--connections 1`
 measures one request at a time; `--stream` sends streams of 40 chunks (and `--rate` then
 measures the first byte); `--hits` sends one prompt again and again (cache hits, and the loop
 guard's repeats); each load run (the warm-up, the measured run) sends prompts of its own;
@@ -53,11 +54,19 @@ _BASE = """\
 version: 1
 store: {store}
 providers:
-  up: {{kind: openai, base_url: "http://127.0.0.1:{mock}/v1", api_key: sk-up}}
+  up: {{kind: openai, base_url: "http://127.0.0.1:{mock}/v1", api_key: sk-up{up}}}
 """
+# The provider's own limits, per policy (`providers.up.limits`).
+_DEPLOYMENT_LIMITS = {"deployment": ", limits: {mock-gpt: {rpm: 10000000, tpm: 1000000000}}"}
 POLICIES = {
     "default": "models:\n  bench: {targets: [up/mock-gpt]}\n",
     "production": """\
+clients:
+  bench: {key_sha256: c00397de4384b5bbaf14c02fe1ec7020d28d1eeab6a722c576c84b6678c41c29}
+models:
+  bench: {targets: [up/mock-gpt], cache: {enabled: true}}
+""",
+    "deployment": """\
 clients:
   bench: {key_sha256: c00397de4384b5bbaf14c02fe1ec7020d28d1eeab6a722c576c84b6678c41c29}
 models:
@@ -216,7 +225,8 @@ def run(children: Children, work: Path, args: argparse.Namespace) -> int:
     mock_argv += ["--chunks", "40"]
     mock = children.start("mock", pinned(1, mock_argv))
     policy = work / "policy.yaml"
-    policy.write_text(_BASE.format(store=store, mock=mock_port) + POLICIES[args.policy])
+    up = _DEPLOYMENT_LIMITS.get(args.policy, "")
+    policy.write_text(_BASE.format(store=store, mock=mock_port, up=up) + POLICIES[args.policy])
     argv = [sys.executable, "-m", "gateway", "serve", "--policy", str(policy)]
     gateway = children.start("gateway", pinned(0, [*argv, "--port", str(port), "--workers", "1"]))
     mock.wait_listening(mock_port)
