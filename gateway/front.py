@@ -16,16 +16,17 @@ line of each request:
   for the rest of its life. A generation request that follows on that connection is served
   by aiohttp's route, which behaves the same (the tests run both).
 
-What the front does itself, as aiohttp did: keep-alive (idle connections close after
-`KEEPALIVE` seconds), HTTP/1.0 (closed after each answer; a stream is sent unchunked),
-`Expect: 100-continue`, chunked request bodies, the body limit (`server.max_body_bytes`:
-413, after auth, as before), back-pressure on streams (a slow reader pauses the writer), and
-a client that goes away cancels its request (`handler_cancellation`: the pipeline's detach
-rules apply). A request head over `MAX_HEAD` bytes is refused with 431 and a malformed one
-with 400, both closing the connection. Pipelined requests (sent before the answer to the one
-before) are answered in order when they arrive in separate reads; a pipelined request in the
-same read as a generation request is not answered: the connection closes after the first
-answer (no client sends POSTs pipelined).
+What the front does itself, as aiohttp did: keep-alive (a connection that sends nothing
+for `KEEPALIVE` seconds while no answer is being written is closed), HTTP/1.0 (closed after
+each answer; a stream is sent unchunked), `Expect: 100-continue`, chunked request bodies,
+the body limit (`server.max_body_bytes`: 413, after auth, as before), back-pressure on
+streams (a slow reader pauses the writer), and a client that goes away cancels its request
+(`handler_cancellation`: the pipeline's detach rules apply). A request head over `MAX_HEAD`
+bytes is refused with 431 and a malformed one (or an `Upgrade`) with 400, both closing the
+connection. Pipelined requests (sent before the answer to the one before) are answered in
+order when they arrive in separate reads (reading pauses until the answer is out); a
+pipelined request in the same read as a generation request is not answered: the connection
+closes after the first answer (no client sends POSTs pipelined).
 """
 
 from __future__ import annotations
@@ -128,10 +129,13 @@ class Front(asyncio.Protocol):
             data = self._pending + data
             if self._answering:  # the next request, before this answer is out: later
                 self._pending = data
+                if self._transport is not None:
+                    self._transport.pause_reading()  # until then, the socket holds the rest
                 return
             route = _route(data[:_LONGEST])
             if route is None:
                 self._pending = data
+                self._rest()
                 return
             self._pending = b""
             if not route:
@@ -145,6 +149,12 @@ class Front(asyncio.Protocol):
             self._refuse(e.__context__)
         except httptools.HttpParserError as e:
             self._refuse(InvalidRequest(f"malformed HTTP request: {e}", code="malformed_request"))
+        except httptools.HttpParserUpgrade:
+            self._refuse(
+                InvalidRequest("protocol upgrades are not supported", code="malformed_request")
+            )
+        if not self._answering:  # part of a request: it has KEEPALIVE seconds to send more
+            self._rest()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._shared.connections.discard(self)
@@ -276,12 +286,14 @@ class Front(asyncio.Protocol):
         if self._closing:
             self.close()
         elif self._pending:
+            if self._transport is not None:
+                self._transport.resume_reading()
             self.data_received(b"")
         else:
             self._rest()
 
     def write(self, data: bytes) -> None:
-        if self._transport is not None:
+        if self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
 
     async def drained(self) -> None:
@@ -301,7 +313,10 @@ class Front(asyncio.Protocol):
     # Helpers ------------------------------------------------------------------------------
 
     def _rest(self) -> None:
-        """Idle between requests: closed after `KEEPALIVE` seconds without one."""
+        """Waiting for a request, or the rest of one: closed after `KEEPALIVE` seconds
+        without a byte."""
+        if self._idle is not None:
+            self._idle.cancel()
         self._idle = self._loop.call_later(KEEPALIVE, self.close)
 
     def _grow(self, size: int) -> None:
@@ -334,14 +349,16 @@ class Front(asyncio.Protocol):
 
 
 class _Reply:
-    """`Downstream` over a `Front` connection."""
+    """`Downstream` over a `Front` connection. A stream's head goes out with its first bytes
+    (one write, as aiohttp does)."""
 
-    __slots__ = ("_chunked", "_front", "_keep", "committed", "status")
+    __slots__ = ("_chunked", "_front", "_head", "_keep", "committed", "status")
 
     def __init__(self, front: Front, keep: bool, chunked: bool):
         self._front = front
         self._keep = keep
         self._chunked = chunked
+        self._head = b""  # a committed stream's head, until its first bytes
         self.committed = False
         self.status = 0
 
@@ -362,7 +379,7 @@ class _Reply:
             raise ClientDisconnected()
         self.status = 200
         keep = self._keep and self._chunked
-        self._front.write(_head(200, headers, None, keep, self._chunked))
+        self._head = _head(200, headers, None, keep, self._chunked)
         if not keep:
             self._front.close()
         self.committed = True
@@ -373,16 +390,16 @@ class _Reply:
         if not data:
             return
         if self._chunked:
-            self._front.write(b"%x\r\n%b\r\n" % (len(data), data))
-        else:
-            self._front.write(data)
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        self._front.write(self._head + data if self._head else data)
+        self._head = b""
         await self._front.drained()
 
     async def finish(self) -> None:
         if self._front.gone:
             raise ClientDisconnected()
-        if self._chunked:
-            self._front.write(b"0\r\n\r\n")
+        self._front.write(self._head + b"0\r\n\r\n" if self._chunked else self._head)
+        self._head = b""
         self._front.answered()
 
 

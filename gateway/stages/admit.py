@@ -68,7 +68,6 @@ class Admission:
     ):
         self._deployments = deployments  # the limits of the deployments that have some
         self._policy = policy
-        self._store = store
         self._tokenizer = tokenizer
         self._events = events
         self._guard = StoreGuard("limits", events, policy.server.max_pending_writes)
