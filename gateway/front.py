@@ -161,8 +161,7 @@ class Front(asyncio.Protocol):
         self._closing = True
         if self._idle is not None:
             self._idle.cancel()
-        if self._paused is not None and not self._paused.done():
-            self._paused.set_exception(ClientDisconnected())
+        self.resume_writing()  # a stream waiting to write finds the client gone
         if self._answering and self._task is not None:
             self._task.cancel()  # the client went away: its request stops (or detaches)
 
