@@ -1,4 +1,9 @@
-"""HTTP in and out: routes, JSON and SSE replies, and the one place errors become responses.
+"""aiohttp's routes, JSON and SSE replies, and the one place errors become responses
+(`error_reply`).
+
+Generation requests usually never reach aiohttp: `front.py` serves them on the same port and
+hands aiohttp the connections of every other request. Its routes here serve a generation
+request that follows one of those on the same connection, the same way (`run_generation`).
 
 `errors_and_access_log` is the only middleware. It gives every request a `Trace` and a
 request id, renders every `SavepointError` (and aiohttp's own 404/405/413) as an

@@ -5,6 +5,7 @@ request bodies, pipelining, oversized and malformed heads."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import time
@@ -119,6 +120,45 @@ def test_one_connection_serves_generation_and_other_routes_in_any_order(front: G
         assert status == 200 and _answer(body)
     finally:
         conn.close()
+
+
+def test_after_a_hand_over_aiohttps_generation_route_answers_the_same(
+    gateways: Gateways,
+) -> None:
+    gw = gateways.start(f"""
+version: 1
+store: {{path: "{{tmp}}/front-auth.db"}}
+providers:{mock_provider("up")}
+models:
+  gpt-test: {{targets: [up/mock-gpt]}}
+clients:
+  alice: {{key_sha256: {hashlib.sha256(b"sk-alice-front").hexdigest()}}}
+""")
+    auth = b"Authorization: Bearer sk-alice-front\r\n"
+    conn = _Conn(gw)
+    try:
+        conn.send(_request(b"/v1/models", method=b"GET", headers=auth))  # hands over
+        assert conn.response()[0] == 200
+        for n in range(2):  # kept alive by aiohttp too
+            conn.send(_request(CHAT, _chat(f"stream {n}", stream=True), headers=auth))
+            status, headers, body = conn.response()
+            assert status == 200 and headers["content-type"].startswith("text/event-stream")
+            assert body.rstrip().endswith(b"data: [DONE]")
+        conn.send(_request(CHAT, _chat("no key")))
+        status, _, body = conn.response()
+        assert status == 401
+        assert json.loads(body)["error"]["code"] == "missing_api_key"
+    finally:
+        conn.close()
+    fresh = _Conn(gw)  # the front, for comparison: the same headers a client relies on
+    try:
+        fresh.send(_request(CHAT, _chat("stream front", stream=True), headers=auth))
+        status, headers, body = fresh.response()
+        assert status == 200 and headers["content-type"].startswith("text/event-stream")
+        assert body.rstrip().endswith(b"data: [DONE]")
+        assert "x-savepoint-request-id" in headers and "x-request-id" in headers
+    finally:
+        fresh.close()
 
 
 def test_an_http_1_0_stream_is_sent_whole_and_the_connection_closed(front: Gateway) -> None:
