@@ -1,11 +1,12 @@
 """The leases this worker holds on busy limits (`decide.leases`): what is left of each, the
 recent demand that sizes the next one, and what the store last said about the limit.
 
-A request's rates and budget quotas are first taken from the leases; those a lease cannot
-cover go to the store with the request, each with a top-up when the limit is busy enough
-(`plan`). What the store admitted is added to the leases (`admitted`); what it refused is put
-back (`undo`). A settlement's credit (a request that took fewer tokens than it reserved) goes
-back into a live lease instead of a store write (`credit`). What is left of a lease goes back
+Two calls make the protocol: `take` and `settle`. A request's rates and budget quotas are
+first taken from the leases; those a lease cannot cover go to the store with the request,
+each with a top-up when the limit is busy enough (`_plan`). What the store admitted is added
+to the leases (`_admitted`); what it refused is put back (`_undo`). A settlement's credit (a
+request that took fewer tokens than it reserved) goes back into a live lease instead of a
+store write (`_credit`). What is left of a lease goes back
 to the store once the lease lapses (`LEASE_TTL` after its last top-up; a sweep every
 `LEASE_TTL` returns the lapsed ones, so within twice that), and at shutdown (`close`).
 
@@ -91,7 +92,7 @@ class Leases:
         self._returning: asyncio.Task[None] | None = None
         self._plans = 0
 
-    def plan(self, rates: Sequence[Rate], quotas: Sequence[Quota]) -> Plan:
+    def _plan(self, rates: Sequence[Rate], quotas: Sequence[Quota]) -> Plan:
         """Take what leases cover (for good: `undo` puts it back) and say what the store must
         admit; quotas that are not leasable go to the store as they are."""
         now = asyncio.get_running_loop().time()
@@ -142,27 +143,27 @@ class Leases:
         store otherwise: (the verdict, whether the store was asked). Admitted, the verdict's
         statuses count what this worker holds; refused, it is the store's, and nothing is
         taken; None when the store could not be asked (fail open)."""
-        plan = self.plan(rates, quotas)
+        plan = self._plan(rates, quotas)
         if not (plan.rates or plan.quotas or slots):
-            return Verdict(True, self.admitted(plan, None)), False
+            return Verdict(True, self._admitted(plan, None)), False
         while True:
             admit = self._store.limits_admit(plan.rates, slots, plan.quotas, request_id, lease)
             ok, verdict = await self._guard.call(admit)
             if not ok or verdict is None:
-                self.failed(plan)
+                self._failed(plan)
                 return None, True
             if verdict.allowed:
-                return Verdict(True, self.admitted(plan, verdict)), True
+                return Verdict(True, self._admitted(plan, verdict)), True
             if not plan.top_ups:
-                self.undo(plan)
+                self._undo(plan)
                 return verdict, True
-            plan = self.without_top_ups(plan)  # refused with a lease: try without
+            plan = self._without_top_ups(plan)  # refused with a lease: try without
 
     async def settle(self, fix: Limits, request_id: str) -> None:
         """Write a settlement (`decide.admission.settlement`): credits to live leases join
         them; slots are given back before this returns, token corrections in the
         background; nothing when nothing is left to write."""
-        rates, quotas = self.credit(fix.rates, fix.quotas)
+        rates, quotas = self._credit(fix.rates, fix.quotas)
         if not (rates or quotas or fix.slots):
             return
         write = self._store.limits_settle(rates, quotas, fix.slots, request_id)
@@ -171,7 +172,7 @@ class Leases:
         else:
             self._guard.later(write)
 
-    def without_top_ups(self, plan: Plan) -> Plan:
+    def _without_top_ups(self, plan: Plan) -> Plan:
         """The same request without its top-ups (the store refused it with them)."""
         extra = dict(plan.top_ups)
         self._done_topping(plan)
@@ -182,7 +183,7 @@ class Leases:
 
         return Plan(plan.local, tuple(map(own, plan.rates)), tuple(map(own, plan.quotas)), ())
 
-    def undo(self, plan: Plan) -> None:
+    def _undo(self, plan: Plan) -> None:
         """The request was refused: what it took from leases goes back into them."""
         for key, cost in plan.local:
             held = self._held.get(key)
@@ -190,7 +191,7 @@ class Leases:
                 held.balance += cost
         self._done_topping(plan)
 
-    def admitted(self, plan: Plan, verdict: Verdict | None) -> tuple[Status, ...]:
+    def _admitted(self, plan: Plan, verdict: Verdict | None) -> tuple[Status, ...]:
         """The request was admitted (`verdict`: the store's, None if it was not asked): the
         top-ups join their leases. The statuses of every limit, leased ones counting what
         this worker holds."""
@@ -218,11 +219,11 @@ class Leases:
                 statuses.append(Status(key, known.kind, known.limit, left, known.reset))
         return tuple(statuses)
 
-    def failed(self, plan: Plan) -> None:
+    def _failed(self, plan: Plan) -> None:
         """The store could not be asked: the request goes through (fail open), no top-up."""
         self._done_topping(plan)
 
-    def credit(
+    def _credit(
         self, rates: Sequence[Rate], quotas: Sequence[Quota]
     ) -> tuple[tuple[Rate, ...], tuple[Quota, ...]]:
         """A settlement's corrections: credits to limits with a live lease join it; the rest

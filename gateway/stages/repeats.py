@@ -114,9 +114,10 @@ class Repeats:
         """The request was admitted (`statuses`: its limits'): count it here, or learn the
         count the store gave. Its limits' statuses, the counter's included."""
         if counting.in_store:
+            count = self._counts.get(counting.quota.key)
             for status in statuses:
-                count = self._counts.get(status.key) if status.key == counting.quota.key else None
-                if count is not None:  # counts only grow: the larger is the later
+                if count is not None and status.key == counting.quota.key:
+                    # counts only grow: the larger is the later
                     count.known = max(count.known, status.limit - status.remaining)
             return statuses
         self._add(counting.quota)
